@@ -26,7 +26,14 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
     for package in packages {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
         let status = Command::new(cargo)
-            .args(["bench", "--quiet", "--package", package, "--all-features", "--benches"])
+            .args([
+                "bench",
+                "--quiet",
+                "--package",
+                package,
+                "--all-features",
+                "--benches",
+            ])
             .status()
             .map_err(|error| format!("could not run cargo: {error}"))?;
         if !status.success() {
@@ -43,6 +50,9 @@ fn package_of(name: &str) -> Result<&'static str, String> {
         .map(|(_, package)| *package)
         .ok_or_else(|| {
             let known: Vec<&str> = MEMBERS.iter().map(|(short, _)| *short).collect();
-            format!("unknown member `{name}`; expected one of: {}", known.join(", "))
+            format!(
+                "unknown member `{name}`; expected one of: {}",
+                known.join(", ")
+            )
         })
 }

@@ -47,6 +47,8 @@ fn main() -> ExitCode {
 
 fn demo() -> Result<(), String> {
     // Not yet: the ingest demo needs the job queue, upload and WebSocket crates first.
-    Err("`cargo xtask demo` is not delivered yet: the crates it composes are still being built"
-        .to_owned())
+    Err(
+        "`cargo xtask demo` is not delivered yet: the crates it composes are still being built"
+            .to_owned(),
+    )
 }

@@ -12,7 +12,9 @@ struct Step {
 /// Runs every step, even after a failure, and fails if any step failed.
 pub(crate) fn run(args: &[String]) -> Result<(), String> {
     if let Some(extra) = args.first() {
-        return Err(format!("`cargo xtask test` takes no arguments, got `{extra}`"));
+        return Err(format!(
+            "`cargo xtask test` takes no arguments, got `{extra}`"
+        ));
     }
 
     let mut summary = Vec::new();
@@ -38,27 +40,28 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
 }
 
 fn steps() -> Vec<Step> {
+    let clippy = [
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--all-features",
+        "--",
+        "-D",
+        "warnings",
+    ];
+    let doctests = ["test", "--workspace", "--all-features", "--doc"];
+
     vec![
-        Step { name: "fmt", command: cargo(&["fmt", "--all", "--check"]) },
-        Step {
-            name: "clippy",
-            command: cargo(&[
-                "clippy",
-                "--workspace",
-                "--all-targets",
-                "--all-features",
-                "--",
-                "-D",
-                "warnings",
-            ]),
-        },
-        Step { name: "doc", command: doc() },
-        Step { name: "tests", command: tests() },
-        Step {
-            name: "doctests",
-            command: cargo(&["test", "--workspace", "--all-features", "--doc"]),
-        },
+        step("fmt", cargo(&["fmt", "--all", "--check"])),
+        step("clippy", cargo(&clippy)),
+        step("doc", doc()),
+        step("tests", tests()),
+        step("doctests", cargo(&doctests)),
     ]
+}
+
+fn step(name: &'static str, command: Command) -> Step {
+    Step { name, command }
 }
 
 fn cargo(args: &[&str]) -> Command {
@@ -84,9 +87,21 @@ fn tests() -> Command {
         .is_ok_and(|output| output.status.success());
 
     if has_nextest {
-        cargo(&["nextest", "run", "--workspace", "--all-features", "--no-fail-fast"])
+        cargo(&[
+            "nextest",
+            "run",
+            "--workspace",
+            "--all-features",
+            "--no-fail-fast",
+        ])
     } else {
         eprintln!("xtask test: cargo-nextest not found, falling back to `cargo test`");
-        cargo(&["test", "--workspace", "--all-features", "--all-targets", "--no-fail-fast"])
+        cargo(&[
+            "test",
+            "--workspace",
+            "--all-features",
+            "--all-targets",
+            "--no-fail-fast",
+        ])
     }
 }
