@@ -1,5 +1,11 @@
-//! Not yet: this crate is reserved in the workspace and has no API so far.
+//! Resumable uploads over HTTP, speaking the tus 1.0 protocol.
+//!
+//! Not yet: the server and client halves are still being written.
 //!
 //! ```
-//! extern crate steadfast_chunk_upload;
+//! use steadfast_chunk_upload::protocol::parse_offset;
+//!
+//! assert_eq!(parse_offset("42").unwrap(), 42);
 //! ```
+
+pub mod protocol;
