@@ -8,4 +8,9 @@
 //! assert_eq!(parse_offset("42").unwrap(), 42);
 //! ```
 
+pub mod id;
 pub mod protocol;
+#[cfg(feature = "server")]
+pub mod store;
+
+pub use id::{InvalidUploadId, UploadId};

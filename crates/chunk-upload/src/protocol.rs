@@ -154,7 +154,10 @@ fn clip(value: &str) -> String {
 }
 
 fn parse_u64(header: &'static str, value: &str) -> Result<u64, HeaderError> {
-    let invalid = || HeaderError::InvalidNumber { header, value: clip(value) };
+    let invalid = || HeaderError::InvalidNumber {
+        header,
+        value: clip(value),
+    };
     if value.is_empty() || value.len() > 20 || !value.bytes().all(|b| b.is_ascii_digit()) {
         return Err(invalid());
     }
@@ -218,7 +221,10 @@ pub fn format_expires(at: SystemTime) -> String {
 /// Splits a comma-separated header list (`Tus-Extension`, `Tus-Version`, ...) into trimmed,
 /// non-empty items.
 pub fn parse_list(value: &str) -> impl Iterator<Item = &str> {
-    value.split(',').map(str::trim).filter(|item| !item.is_empty())
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
 }
 
 /// Upload metadata: keys with binary values, sent base64-encoded in `Upload-Metadata`.
@@ -336,7 +342,10 @@ fn validate_key(key: &str) -> Result<(), String> {
         return Err("a key is empty".to_owned());
     }
     if !key.bytes().all(|b| b.is_ascii_graphic() && b != b',') {
-        return Err(format!("key {:?} contains a space, comma or non-ASCII character", clip(key)));
+        return Err(format!(
+            "key {:?} contains a space, comma or non-ASCII character",
+            clip(key)
+        ));
     }
     Ok(())
 }
@@ -426,7 +435,9 @@ impl fmt::Debug for ChecksumHasher {
             HasherState::Sha256(_) => "sha256",
             HasherState::Crc32(_) => "crc32",
         };
-        f.debug_struct("ChecksumHasher").field("algorithm", &name).finish()
+        f.debug_struct("ChecksumHasher")
+            .field("algorithm", &name)
+            .finish()
     }
 }
 
@@ -466,7 +477,10 @@ impl Checksum {
     pub fn compute(algorithm: ChecksumAlgorithm, data: &[u8]) -> Self {
         let mut hasher = algorithm.hasher();
         hasher.update(data);
-        Self { algorithm, digest: hasher.finish() }
+        Self {
+            algorithm,
+            digest: hasher.finish(),
+        }
     }
 
     /// Parses an `Upload-Checksum` value.
@@ -477,11 +491,17 @@ impl Checksum {
     /// crc32 (a server answers that with 400); [`HeaderError::InvalidChecksum`] for a value
     /// that is not `algorithm base64` or a digest of the wrong length.
     pub fn parse(value: &str) -> Result<Self, HeaderError> {
-        let invalid = |reason: &str| HeaderError::InvalidChecksum { reason: reason.to_owned() };
-        let (name, encoded) = value.trim().split_once(' ').ok_or_else(|| invalid("no space"))?;
+        let invalid = |reason: &str| HeaderError::InvalidChecksum {
+            reason: reason.to_owned(),
+        };
+        let (name, encoded) = value
+            .trim()
+            .split_once(' ')
+            .ok_or_else(|| invalid("no space"))?;
         let algorithm: ChecksumAlgorithm = name.parse()?;
-        let digest =
-            STANDARD.decode(encoded.trim()).map_err(|_| invalid("digest is not base64"))?;
+        let digest = STANDARD
+            .decode(encoded.trim())
+            .map_err(|_| invalid("digest is not base64"))?;
         if digest.len() != algorithm.digest_len() {
             return Err(invalid("digest has the wrong length for its algorithm"));
         }
@@ -516,12 +536,16 @@ impl Concat {
     /// [`HeaderError::InvalidConcat`] for anything but `partial` or `final;` followed by
     /// one to [`Concat::MAX_PARTS`] space-separated URLs.
     pub fn parse(value: &str) -> Result<Self, HeaderError> {
-        let invalid = |reason: &str| HeaderError::InvalidConcat { reason: reason.to_owned() };
+        let invalid = |reason: &str| HeaderError::InvalidConcat {
+            reason: reason.to_owned(),
+        };
         let value = value.trim();
         if value == "partial" {
             return Ok(Self::Partial);
         }
-        let urls = value.strip_prefix("final;").ok_or_else(|| invalid("unknown form"))?;
+        let urls = value
+            .strip_prefix("final;")
+            .ok_or_else(|| invalid("unknown form"))?;
         let parts: Vec<String> = urls.split_ascii_whitespace().map(str::to_owned).collect();
         if parts.is_empty() {
             return Err(invalid("a final upload names no partial upload"));
@@ -552,7 +576,17 @@ mod tests {
     fn offsets_accept_plain_digits_only() {
         assert_eq!(parse_offset("0").unwrap(), 0);
         assert_eq!(parse_offset("18446744073709551615").unwrap(), u64::MAX);
-        for bad in ["", "-1", "+1", " 1", "1 ", "1.0", "0x10", "18446744073709551616", "１"] {
+        for bad in [
+            "",
+            "-1",
+            "+1",
+            " 1",
+            "1 ",
+            "1.0",
+            "0x10",
+            "18446744073709551616",
+            "１",
+        ] {
             assert!(
                 matches!(parse_offset(bad), Err(HeaderError::InvalidNumber { .. })),
                 "{bad:?} was accepted"
@@ -581,7 +615,10 @@ mod tests {
         assert_eq!(parsed.get_str("filename"), Some("world"));
         assert_eq!(parsed.get("empty"), Some(&b""[..]));
         assert_eq!(parsed.len(), 3);
-        assert_eq!(parsed.to_string(), "empty,filename d29ybGQ=,type dGV4dC9wbGFpbg==");
+        assert_eq!(
+            parsed.to_string(),
+            "empty,filename d29ybGQ=,type dGV4dC9wbGFpbg=="
+        );
         assert_eq!(Metadata::parse(&parsed.to_string()).unwrap(), parsed);
     }
 
@@ -618,16 +655,28 @@ mod tests {
             Checksum::parse("md4 AAAA"),
             Err(HeaderError::UnsupportedAlgorithm { .. })
         ));
-        assert!(matches!(Checksum::parse("sha1"), Err(HeaderError::InvalidChecksum { .. })));
-        assert!(matches!(Checksum::parse("sha1 !!"), Err(HeaderError::InvalidChecksum { .. })));
-        assert!(matches!(Checksum::parse("sha1 AAAA"), Err(HeaderError::InvalidChecksum { .. })));
+        assert!(matches!(
+            Checksum::parse("sha1"),
+            Err(HeaderError::InvalidChecksum { .. })
+        ));
+        assert!(matches!(
+            Checksum::parse("sha1 !!"),
+            Err(HeaderError::InvalidChecksum { .. })
+        ));
+        assert!(matches!(
+            Checksum::parse("sha1 AAAA"),
+            Err(HeaderError::InvalidChecksum { .. })
+        ));
     }
 
     #[test]
     fn concat_parses_both_forms() {
         assert_eq!(Concat::parse("partial").unwrap(), Concat::Partial);
         let fin = Concat::parse("final;/files/a http://x/files/b").unwrap();
-        assert_eq!(fin, Concat::Final(vec!["/files/a".into(), "http://x/files/b".into()]));
+        assert_eq!(
+            fin,
+            Concat::Final(vec!["/files/a".into(), "http://x/files/b".into()])
+        );
         assert_eq!(fin.to_string(), "final;/files/a http://x/files/b");
         for bad in ["final;", "final", "full", ""] {
             assert!(Concat::parse(bad).is_err(), "{bad:?} was accepted");
