@@ -1,0 +1,2 @@
+//! Contention simulation (being written).
+fn main() {}
