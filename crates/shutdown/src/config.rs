@@ -1,0 +1,128 @@
+//! Plain settings of a shutdown: how long each phase may take and which exit codes mean what.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// The timing and exit-code settings of a [`Shutdown`](crate::Shutdown).
+///
+/// Every field has a default chosen for a service behind a load balancer; the
+/// [`Builder`](crate::Builder) checks the combination when it builds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    /// How long to keep serving after readiness turns false, so that load balancers
+    /// notice and stop routing before the listener closes. Default: zero.
+    pub drain_delay: Duration,
+    /// How long after the trigger in-flight work may take before it is aborted. The drain
+    /// delay counts against it, the way a Kubernetes grace period includes a `preStop`
+    /// hook. Default: 30 s.
+    pub drain_deadline: Duration,
+    /// How long each teardown stage or hook may take before it is aborted, unless it was
+    /// registered with its own timeout. Default: 5 s.
+    pub step_timeout: Duration,
+    /// A signal arriving this soon after the first one counts as a duplicate of it, not as
+    /// a second signal that forces exit (some process managers deliver one Ctrl-C twice).
+    /// Default: 250 ms.
+    pub debounce: Duration,
+    /// Whether to listen for SIGTERM and SIGINT. Turn it off when something else owns the
+    /// signals, or in tests that inject them with [`Handle::signal`](crate::Handle::signal).
+    /// Default: `true`.
+    pub signals: bool,
+    /// Whether readiness reports ready from the start. Set it to `false` to report ready
+    /// only after [`Handle::mark_ready`](crate::Handle::mark_ready). Default: `true`.
+    pub starts_ready: bool,
+    /// The process exit code for each way a shutdown can end.
+    pub exit_codes: ExitCodes,
+}
+
+impl Default for Config {
+    /// Zero drain delay, 30 s drain deadline, 5 s per teardown step, 250 ms debounce,
+    /// signals on, ready from the start, and the conventional exit codes of [`ExitCodes`].
+    fn default() -> Self {
+        Self {
+            drain_delay: Duration::ZERO,
+            drain_deadline: Duration::from_secs(30),
+            step_timeout: Duration::from_secs(5),
+            debounce: Duration::from_millis(250),
+            signals: true,
+            starts_ready: true,
+            exit_codes: ExitCodes::default(),
+        }
+    }
+}
+
+/// The process exit code for each [`Outcome`](crate::Outcome) other than a clean stop,
+/// which is always 0.
+///
+/// Every code here must be non-zero: a supervisor has to be able to tell a failure from a
+/// clean stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ExitCodes {
+    /// A critical task returned an error or ended although nothing asked it to. Default: 1.
+    pub error: i32,
+    /// A critical task panicked. Default: 70 (`EX_SOFTWARE` of `sysexits.h`).
+    pub panic: i32,
+    /// Work was still running at the deadline, or a teardown step overran its timeout, and
+    /// was aborted. Default: 1.
+    pub forced: i32,
+    /// A second SIGINT forced an immediate exit. Default: 130 (128 + 2, as shells report).
+    pub interrupt: i32,
+    /// A second SIGTERM forced an immediate exit. Default: 143 (128 + 15).
+    pub terminate: i32,
+}
+
+impl Default for ExitCodes {
+    /// 1 for an error, 70 for a panic, 1 for work aborted at a deadline, 130 and 143 for a
+    /// stop forced by a second SIGINT or SIGTERM.
+    fn default() -> Self {
+        Self {
+            error: 1,
+            panic: 70,
+            forced: 1,
+            interrupt: 130,
+            terminate: 143,
+        }
+    }
+}
+
+impl ExitCodes {
+    /// The name of the first code that is zero, if any.
+    pub(crate) fn first_zero(&self) -> Option<&'static str> {
+        [
+            ("error", self.error),
+            ("panic", self.panic),
+            ("forced", self.forced),
+            ("interrupt", self.interrupt),
+            ("terminate", self.terminate),
+        ]
+        .into_iter()
+        .find(|(_, code)| *code == 0)
+        .map(|(name, _)| name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_codes_are_non_zero_and_conventional() {
+        let codes = ExitCodes::default();
+        assert_eq!(codes.first_zero(), None);
+        assert_eq!(
+            (codes.interrupt, codes.terminate, codes.panic),
+            (130, 143, 70)
+        );
+    }
+
+    #[test]
+    fn first_zero_names_the_offending_code() {
+        let codes = ExitCodes {
+            panic: 0,
+            ..ExitCodes::default()
+        };
+        assert_eq!(codes.first_zero(), Some("panic"));
+    }
+}

@@ -1,0 +1,919 @@
+//! The coordinator: triggers, registered work, the phases of a shutdown and its report.
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::error::Error as StdError;
+use std::fmt;
+use std::future::Future;
+use std::ops::Deref;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::{AbortHandle, JoinError, JoinHandle};
+use tokio::time::{Instant, sleep_until, timeout};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tokio_util::task::task_tracker::TaskTrackerToken;
+use tracing::{debug, error, info, warn};
+
+use crate::builder::Builder;
+use crate::config::Config;
+use crate::readiness::Readiness;
+use crate::report::{End, Kind, Outcome, Phase, Record, Report, Signal, Trigger};
+
+/// A boxed error, the form in which task errors reach the [`Report`].
+pub type BoxError = Box<dyn StdError + Send + Sync>;
+
+/// What a registered task may return: `()`, or a `Result<(), E>` whose error is reported.
+pub trait TaskOutput: Send + 'static {
+    /// Turns the output into a plain result.
+    ///
+    /// # Errors
+    ///
+    /// The task's own error, boxed.
+    fn into_result(self) -> Result<(), BoxError>;
+}
+
+impl TaskOutput for () {
+    fn into_result(self) -> Result<(), BoxError> {
+        Ok(())
+    }
+}
+
+impl<E> TaskOutput for Result<(), E>
+where
+    E: Into<BoxError> + Send + 'static,
+{
+    fn into_result(self) -> Result<(), BoxError> {
+        self.map_err(Into::into)
+    }
+}
+
+/// Owns a graceful shutdown: waits for a trigger, then runs the phases and reports.
+///
+/// Everything a component needs (spawning tasks, tokens, readiness, teardown steps) is on
+/// [`Handle`], which `Shutdown` dereferences to; hand out clones of
+/// [`handle`](Self::handle) and keep the `Shutdown` itself in `main` to [`run`](Self::run).
+///
+/// The phases, each logged at info level with its duration:
+///
+/// 1. **Trigger**: the first SIGTERM or SIGINT, [`Handle::trigger`], or the end of a
+///    critical task. Readiness turns false at once.
+/// 2. **Delay**: for [`Config::drain_delay`] everything keeps serving while load balancers
+///    notice.
+/// 3. **Drain**: [`Handle::token`] is cancelled, listeners close, and the shutdown waits
+///    for tasks, blocking work and [`WorkGuard`]s, until [`Config::drain_deadline`]
+///    (counted from the trigger).
+/// 4. **Cancel**: whatever still runs at the deadline is aborted and named in the report.
+/// 5. **Teardown**: stages are stopped and hooks run in reverse order of registration,
+///    each bounded by its own timeout.
+///
+/// A second signal later than [`Config::debounce`] after the first cuts all of this short.
+pub struct Shutdown {
+    handle: Handle,
+    stop_listening: CancellationToken,
+}
+
+/// The cheap, cloneable side of a [`Shutdown`] that components use.
+#[derive(Clone)]
+pub struct Handle {
+    inner: Arc<Inner>,
+}
+
+/// Keeps a piece of in-flight work counted in the drain, under a name for the report.
+///
+/// The drain waits for every live guard; a guard still alive at the deadline is reported
+/// as forced. Dropping it marks the work done. Get one from [`Handle::track`].
+#[must_use = "the work counts as done as soon as the guard is dropped"]
+pub struct WorkGuard {
+    inner: Arc<Inner>,
+    id: u64,
+    _token: TaskTrackerToken,
+}
+
+impl Shutdown {
+    /// Starts configuring a shutdown.
+    pub fn builder() -> Builder {
+        Builder::new()
+    }
+
+    pub(crate) fn new(handle: Handle, stop_listening: CancellationToken) -> Self {
+        Self {
+            handle,
+            stop_listening,
+        }
+    }
+
+    /// A handle for components, to clone as often as needed.
+    pub fn handle(&self) -> Handle {
+        self.handle.clone()
+    }
+
+    /// Waits for a trigger, runs every phase, and reports what happened.
+    ///
+    /// End `main` with [`Report::exit`] on the result: it exits with the right code
+    /// without waiting for blocking work left behind.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe: dropping the future part-way leaves the shutdown half done.
+    pub async fn run(self) -> Report {
+        let inner = Arc::clone(&self.handle.inner);
+        inner.triggered.cancelled().await;
+        let (trigger, triggered_at) = inner.trigger_info();
+        let config = &inner.config;
+        let mut phases = Vec::new();
+        info!(%trigger, "shutdown triggered; readiness is now false");
+
+        if !config.drain_delay.is_zero() {
+            let started = Instant::now();
+            info!(delay = ?config.drain_delay, "still serving through the drain delay");
+            let delay_end = add_saturating(triggered_at, config.drain_delay);
+            tokio::select! {
+                biased;
+                () = inner.forced.cancelled() => {
+                    return inner.interrupted(trigger, phases, Vec::new(), Vec::new());
+                }
+                () = sleep_until(delay_end) => {}
+            }
+            phases.push(finish_phase(Phase::Delay, started));
+        }
+
+        let started = Instant::now();
+        info!("draining: no longer accepting, waiting for in-flight work");
+        inner.draining.cancel();
+        inner.tracker.close();
+        let deadline = add_saturating(triggered_at, config.drain_deadline);
+        let drained = tokio::select! {
+            biased;
+            () = inner.forced.cancelled() => {
+                return inner.interrupted(trigger, phases, Vec::new(), Vec::new());
+            }
+            () = inner.tracker.wait() => true,
+            () = sleep_until(deadline) => false,
+        };
+        phases.push(finish_phase(Phase::Drain, started));
+
+        let mut records = Vec::new();
+        if !drained {
+            let started = Instant::now();
+            let cut = inner.abort_running();
+            let names: Vec<&str> = cut.iter().map(|record| record.name.as_str()).collect();
+            warn!(still_running = ?names, "drain deadline reached; aborting what is left");
+            records.extend(cut);
+            phases.push(finish_phase(Phase::Cancel, started));
+        }
+
+        let started = Instant::now();
+        let mut steps = inner.take_steps();
+        while let Some(step) = steps.pop() {
+            let (name, kind) = (step.name.clone(), step.kind());
+            let step_started = Instant::now();
+            let end = tokio::select! {
+                biased;
+                () = inner.forced.cancelled() => {
+                    records.push(Record { name, kind, end: End::Forced });
+                    return inner.interrupted(trigger, phases, records, steps);
+                }
+                end = step.run() => end,
+            };
+            let took = step_started.elapsed();
+            if end == End::Completed {
+                info!(step = %name, %kind, ?took, "teardown step done");
+            } else {
+                warn!(step = %name, %kind, ?took, %end, "teardown step did not finish cleanly");
+            }
+            records.push(Record { name, kind, end });
+        }
+        phases.push(finish_phase(Phase::Teardown, started));
+
+        inner.report(trigger, phases, records)
+    }
+}
+
+impl Deref for Shutdown {
+    type Target = Handle;
+
+    fn deref(&self) -> &Handle {
+        &self.handle
+    }
+}
+
+impl Drop for Shutdown {
+    fn drop(&mut self) {
+        self.stop_listening.cancel();
+    }
+}
+
+impl fmt::Debug for Shutdown {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Shutdown")
+            .field("handle", &self.handle)
+            .finish()
+    }
+}
+
+impl Handle {
+    pub(crate) fn new(inner: Arc<Inner>) -> Self {
+        Self { inner }
+    }
+
+    /// Starts the shutdown, as if a first signal had arrived. Returns whether this call
+    /// started it (`false` if it was already under way).
+    pub fn trigger(&self) -> bool {
+        self.inner.trigger(Trigger::Requested)
+    }
+
+    /// Delivers a signal as if the operating system had sent it: the first one triggers
+    /// the shutdown, one within [`Config::debounce`] of the first is a duplicate and
+    /// ignored, and a later one forces exit.
+    ///
+    /// For tests, and for integrations that receive stop requests some other way.
+    pub fn signal(&self, signal: Signal) {
+        self.inner.on_signal(signal);
+    }
+
+    /// Whether the shutdown has been triggered.
+    pub fn is_triggered(&self) -> bool {
+        self.inner.triggered.is_cancelled()
+    }
+
+    /// Waits until the shutdown is triggered, before the drain delay.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe.
+    pub async fn triggered(&self) {
+        self.inner.triggered.cancelled().await;
+    }
+
+    /// A token cancelled when draining starts (after the drain delay): the moment to stop
+    /// taking new work and finish what is in hand.
+    pub fn token(&self) -> CancellationToken {
+        self.inner.draining.child_token()
+    }
+
+    /// Whether draining has started.
+    pub fn is_draining(&self) -> bool {
+        self.inner.draining.is_cancelled()
+    }
+
+    /// The readiness flag for a health endpoint.
+    pub fn readiness(&self) -> Readiness {
+        Readiness::new(self.inner.ready.subscribe())
+    }
+
+    /// Reports ready, for services built with [`Config::starts_ready`] off. Does nothing
+    /// once the shutdown has been triggered.
+    pub fn mark_ready(&self) {
+        let state = self.inner.lock();
+        if state.trigger.is_none() {
+            self.inner.ready.send_replace(true);
+        }
+    }
+
+    /// Runs a task that the drain waits for. It should watch [`token`](Self::token) and
+    /// finish when it is cancelled; if it is still running at the deadline it is aborted
+    /// and named in the report. An error or panic is logged and reported but does not
+    /// start a shutdown; use [`spawn_critical`](Self::spawn_critical) for that.
+    ///
+    /// # Panics
+    ///
+    /// Panics if called outside a tokio runtime, like [`tokio::spawn`].
+    pub fn spawn<F>(&self, name: impl Into<String>, task: F)
+    where
+        F: Future + Send + 'static,
+        F::Output: TaskOutput,
+    {
+        self.spawn_task(name.into(), Kind::Task, task);
+    }
+
+    /// Like [`spawn`](Self::spawn), for a task the service cannot live without: if it
+    /// fails, panics, or ends before the shutdown was triggered, it triggers the shutdown
+    /// and the process exits non-zero.
+    ///
+    /// # Panics
+    ///
+    /// Panics if called outside a tokio runtime, like [`tokio::spawn`].
+    pub fn spawn_critical<F>(&self, name: impl Into<String>, task: F)
+    where
+        F: Future + Send + 'static,
+        F::Output: TaskOutput,
+    {
+        self.spawn_task(name.into(), Kind::CriticalTask, task);
+    }
+
+    /// Runs blocking work on tokio's blocking pool, counted in the drain under a name.
+    ///
+    /// Blocking work cannot be aborted. If it is still running at the deadline it is
+    /// reported as abandoned, logged by name, and [`Report::exit`] ends the process
+    /// without waiting for it.
+    ///
+    /// # Panics
+    ///
+    /// Panics if called outside a tokio runtime, like [`tokio::task::spawn_blocking`].
+    pub fn spawn_blocking<F, R>(&self, name: impl Into<String>, work: F) -> JoinHandle<R>
+    where
+        F: FnOnce() -> R + Send + 'static,
+        R: Send + 'static,
+    {
+        let guard = self.guard(name.into(), Kind::Blocking);
+        tokio::task::spawn_blocking(move || {
+            let _guard = guard;
+            work()
+        })
+    }
+
+    /// Counts a piece of in-flight work (a request, a WebSocket session) in the drain
+    /// until the returned guard is dropped.
+    pub fn track(&self, name: impl Into<String>) -> WorkGuard {
+        self.guard(name.into(), Kind::Work)
+    }
+
+    /// Starts a stage: a long-running part (a pool, a refresher, a server) that later
+    /// stages may depend on. It gets a token of its own, cancelled during teardown in
+    /// reverse order of registration, after the drain; it then has
+    /// [`Config::step_timeout`] to finish before it is aborted. The next stage is stopped
+    /// only once this one has ended, so no stage outlives one it depends on.
+    ///
+    /// Like a critical task, a stage that fails, panics or ends before it was asked to
+    /// stop triggers the shutdown.
+    ///
+    /// # Panics
+    ///
+    /// Panics if called outside a tokio runtime, like [`tokio::spawn`].
+    pub fn stage<F, Fut>(&self, name: impl Into<String>, start: F)
+    where
+        F: FnOnce(CancellationToken) -> Fut,
+        Fut: Future + Send + 'static,
+        Fut::Output: TaskOutput,
+    {
+        self.stage_with_timeout(name, self.inner.config.step_timeout, start);
+    }
+
+    /// Like [`stage`](Self::stage), with its own stop timeout.
+    ///
+    /// # Panics
+    ///
+    /// Panics if called outside a tokio runtime, like [`tokio::spawn`].
+    pub fn stage_with_timeout<F, Fut>(&self, name: impl Into<String>, timeout: Duration, start: F)
+    where
+        F: FnOnce(CancellationToken) -> Fut,
+        Fut: Future + Send + 'static,
+        Fut::Output: TaskOutput,
+    {
+        let name = name.into();
+        let token = CancellationToken::new();
+        let future = start(token.clone());
+        let task = tokio::spawn(async move { future.await.into_result() });
+        let control = StageControl {
+            token: token.clone(),
+            abort: task.abort_handle(),
+            done: CancellationToken::new(),
+            end: Arc::new(Mutex::new(None)),
+        };
+
+        let monitor = control.clone();
+        let inner = Arc::clone(&self.inner);
+        let stage_name = name.clone();
+        tokio::spawn(async move {
+            let end = end_of(task.await).unwrap_or(End::Forced);
+            if !token.is_cancelled() && end != End::Forced {
+                inner.ended_early(&stage_name, Kind::Stage, &end);
+            }
+            *lock(&monitor.end) = Some(end);
+            monitor.done.cancel();
+        });
+
+        debug!(stage = %name, "stage started");
+        self.inner.lock().steps.push(Step {
+            name,
+            timeout,
+            body: StepBody::Stage(control),
+        });
+    }
+
+    /// Registers a teardown hook (close a pool, flush a buffer, write a marker), run
+    /// after the drain in reverse order of registration, bounded by
+    /// [`Config::step_timeout`].
+    pub fn hook<F, Fut>(&self, name: impl Into<String>, hook: F)
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future + Send + 'static,
+        Fut::Output: TaskOutput,
+    {
+        self.hook_with_timeout(name, self.inner.config.step_timeout, hook);
+    }
+
+    /// Like [`hook`](Self::hook), with its own timeout.
+    pub fn hook_with_timeout<F, Fut>(&self, name: impl Into<String>, timeout: Duration, hook: F)
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future + Send + 'static,
+        Fut::Output: TaskOutput,
+    {
+        let run: HookFn = Box::new(move || {
+            let future = hook();
+            Box::pin(async move { future.await.into_result() })
+        });
+        self.inner.lock().steps.push(Step {
+            name: name.into(),
+            timeout,
+            body: StepBody::Hook(run),
+        });
+    }
+
+    fn spawn_task<F>(&self, name: String, kind: Kind, task: F)
+    where
+        F: Future + Send + 'static,
+        F::Output: TaskOutput,
+    {
+        let id = self.inner.register(name, kind);
+        let task = tokio::spawn(async move { task.await.into_result() });
+        if let Some(running) = self.inner.lock().running.get_mut(&id) {
+            running.abort = Some(task.abort_handle());
+        }
+
+        let inner = Arc::clone(&self.inner);
+        self.inner.tracker.spawn(async move {
+            if let Some(end) = end_of(task.await) {
+                inner.task_ended(id, end);
+            }
+        });
+    }
+
+    fn guard(&self, name: String, kind: Kind) -> WorkGuard {
+        let token = self.inner.tracker.token();
+        let id = self.inner.register(name, kind);
+        WorkGuard {
+            inner: Arc::clone(&self.inner),
+            id,
+            _token: token,
+        }
+    }
+
+    #[cfg(feature = "axum")]
+    pub(crate) fn draining_token(&self) -> &CancellationToken {
+        &self.inner.draining
+    }
+}
+
+impl fmt::Debug for Handle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Handle")
+            .field("triggered", &self.is_triggered())
+            .field("draining", &self.is_draining())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for WorkGuard {
+    fn drop(&mut self) {
+        self.inner.lock().running.remove(&self.id);
+    }
+}
+
+impl fmt::Debug for WorkGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WorkGuard")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How long to wait for an aborted stage to actually stop before moving on. An abort only
+/// lands when the task next yields; one stuck in blocking code never does.
+const ABORT_GRACE: Duration = Duration::from_millis(100);
+
+pub(crate) struct Inner {
+    config: Config,
+    ready: watch::Sender<bool>,
+    triggered: CancellationToken,
+    draining: CancellationToken,
+    forced: CancellationToken,
+    tracker: TaskTracker,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    next_id: u64,
+    trigger: Option<(Trigger, Instant)>,
+    first_signal: Option<Instant>,
+    forced_by: Option<Signal>,
+    running: HashMap<u64, Running>,
+    ended: Vec<Record>,
+    steps: Vec<Step>,
+}
+
+struct Running {
+    name: String,
+    kind: Kind,
+    abort: Option<AbortHandle>,
+}
+
+struct Step {
+    name: String,
+    timeout: Duration,
+    body: StepBody,
+}
+
+type HookFn =
+    Box<dyn FnOnce() -> Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send>> + Send>;
+
+enum StepBody {
+    Stage(StageControl),
+    Hook(HookFn),
+}
+
+#[derive(Clone)]
+struct StageControl {
+    token: CancellationToken,
+    abort: AbortHandle,
+    done: CancellationToken,
+    end: Arc<Mutex<Option<End>>>,
+}
+
+/// Aborts a task when dropped, so that a step cut short by a second signal stops too.
+struct AbortOnDrop(AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl Inner {
+    pub(crate) fn new(config: Config) -> Self {
+        let (ready, _) = watch::channel(config.starts_ready);
+        Self {
+            config,
+            ready,
+            triggered: CancellationToken::new(),
+            draining: CancellationToken::new(),
+            forced: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        lock(&self.state)
+    }
+
+    fn register(&self, name: String, kind: Kind) -> u64 {
+        let mut state = self.lock();
+        let id = state.next_id;
+        state.next_id += 1;
+        state.running.insert(
+            id,
+            Running {
+                name,
+                kind,
+                abort: None,
+            },
+        );
+        id
+    }
+
+    fn trigger(&self, trigger: Trigger) -> bool {
+        {
+            let mut state = self.lock();
+            if state.trigger.is_some() {
+                debug!(%trigger, "shutdown already triggered");
+                return false;
+            }
+            state.trigger = Some((trigger, Instant::now()));
+        }
+        self.ready.send_replace(false);
+        self.triggered.cancel();
+        true
+    }
+
+    pub(crate) fn on_signal(&self, signal: Signal) {
+        let now = Instant::now();
+        let mut state = self.lock();
+        match state.first_signal {
+            None => {
+                state.first_signal = Some(now);
+                drop(state);
+                info!(%signal, "signal received");
+                self.trigger(Trigger::Signal(signal));
+            }
+            Some(first) if now.saturating_duration_since(first) < self.config.debounce => {
+                debug!(%signal, "duplicate of the first signal ignored");
+            }
+            Some(_) => {
+                state.forced_by.get_or_insert(signal);
+                drop(state);
+                warn!(%signal, "second signal; forcing exit");
+                self.forced.cancel();
+            }
+        }
+    }
+
+    fn trigger_info(&self) -> (Trigger, Instant) {
+        self.lock()
+            .trigger
+            .clone()
+            .unwrap_or_else(|| (Trigger::Requested, Instant::now()))
+    }
+
+    fn task_ended(&self, id: u64, end: End) {
+        let Some(running) = self.lock().running.remove(&id) else {
+            return;
+        };
+        match &end {
+            End::Completed
+                if running.kind == Kind::CriticalTask && !self.triggered.is_cancelled() =>
+            {
+                self.ended_early(&running.name, running.kind, &end);
+            }
+            End::Completed => debug!(task = %running.name, "task finished"),
+            _ => self.ended_early(&running.name, running.kind, &end),
+        }
+    }
+
+    /// Records a failure, or a critical end nobody asked for, and triggers if it was
+    /// critical.
+    fn ended_early(&self, name: &str, kind: Kind, end: &End) {
+        let critical = matches!(kind, Kind::CriticalTask | Kind::Stage);
+        if critical {
+            error!(%kind, name, %end, "critical work ended; shutting down");
+        } else {
+            warn!(%kind, name, %end, "task ended badly");
+        }
+
+        // A stage's end is recorded by its teardown step.
+        if kind != Kind::Stage {
+            self.lock().ended.push(Record {
+                name: name.to_owned(),
+                kind,
+                end: end.clone(),
+            });
+        }
+        if critical {
+            self.trigger(Trigger::Task {
+                name: name.to_owned(),
+                end: end.clone(),
+            });
+        }
+    }
+
+    /// Aborts every registered task and returns a record for everything still running.
+    fn abort_running(&self) -> Vec<Record> {
+        let mut running: Vec<(u64, Running)> = self.lock().running.drain().collect();
+        running.sort_by_key(|(id, _)| *id);
+
+        running
+            .into_iter()
+            .map(|(_, running)| {
+                if let Some(abort) = &running.abort {
+                    abort.abort();
+                }
+                let end = if running.kind == Kind::Blocking {
+                    End::Abandoned
+                } else {
+                    End::Forced
+                };
+                Record {
+                    name: running.name,
+                    kind: running.kind,
+                    end,
+                }
+            })
+            .collect()
+    }
+
+    fn take_steps(&self) -> Vec<Step> {
+        std::mem::take(&mut self.lock().steps)
+    }
+
+    /// The report of a shutdown cut short by a second signal: aborts everything left.
+    fn interrupted(
+        &self,
+        trigger: Trigger,
+        phases: Vec<(Phase, Duration)>,
+        mut records: Vec<Record>,
+        mut steps: Vec<Step>,
+    ) -> Report {
+        records.extend(self.abort_running());
+        steps.extend(self.take_steps());
+        for step in steps.into_iter().rev() {
+            let kind = step.kind();
+            let end = match step.body {
+                StepBody::Stage(control) if control.done.is_cancelled() => {
+                    lock(&control.end).take().unwrap_or(End::Completed)
+                }
+                StepBody::Stage(control) => {
+                    control.abort.abort();
+                    End::Forced
+                }
+                StepBody::Hook(_) => End::Skipped,
+            };
+            records.push(Record {
+                name: step.name,
+                kind,
+                end,
+            });
+        }
+
+        let not_stopped: Vec<&str> = records
+            .iter()
+            .filter(|record| record.end.is_forced())
+            .map(|record| record.name.as_str())
+            .collect();
+        warn!(?not_stopped, "exiting at once; these had not stopped");
+        self.report(trigger, phases, records)
+    }
+
+    fn report(
+        &self,
+        trigger: Trigger,
+        phases: Vec<(Phase, Duration)>,
+        records: Vec<Record>,
+    ) -> Report {
+        let (mut all, forced_by) = {
+            let mut state = self.lock();
+            (std::mem::take(&mut state.ended), state.forced_by)
+        };
+        all.extend(records);
+        let outcome = outcome_of(forced_by, &trigger, &all);
+
+        Report {
+            trigger,
+            outcome,
+            phases,
+            records: all,
+            exit_codes: self.config.exit_codes,
+        }
+    }
+}
+
+impl Step {
+    fn kind(&self) -> Kind {
+        match self.body {
+            StepBody::Stage(_) => Kind::Stage,
+            StepBody::Hook(_) => Kind::Hook,
+        }
+    }
+
+    async fn run(self) -> End {
+        match self.body {
+            StepBody::Stage(control) => stop_stage(control, self.timeout).await,
+            StepBody::Hook(hook) => run_hook(hook, self.timeout).await,
+        }
+    }
+}
+
+async fn stop_stage(control: StageControl, limit: Duration) -> End {
+    let _abort = AbortOnDrop(control.abort.clone());
+    if !control.done.is_cancelled() {
+        control.token.cancel();
+        if timeout(limit, control.done.cancelled()).await.is_err() {
+            control.abort.abort();
+
+            // Wait for the abort to land, so the next stage never goes away under this one.
+            if timeout(ABORT_GRACE, control.done.cancelled())
+                .await
+                .is_err()
+            {
+                warn!("an aborted stage is still running; it may be stuck in blocking code");
+            }
+            return End::Forced;
+        }
+    }
+    lock(&control.end).take().unwrap_or(End::Completed)
+}
+
+async fn run_hook(hook: HookFn, limit: Duration) -> End {
+    let task = tokio::spawn(hook());
+    let _abort = AbortOnDrop(task.abort_handle());
+    match timeout(limit, task).await {
+        Ok(result) => end_of(result).unwrap_or(End::Forced),
+        Err(_) => End::Forced,
+    }
+}
+
+fn outcome_of(forced_by: Option<Signal>, trigger: &Trigger, records: &[Record]) -> Outcome {
+    if let Some(signal) = forced_by {
+        return Outcome::Interrupted(signal);
+    }
+
+    let counts =
+        |record: &&Record| matches!(record.kind, Kind::CriticalTask | Kind::Stage | Kind::Hook);
+    let trigger_end = match trigger {
+        Trigger::Task { end, .. } => Some(end),
+        _ => None,
+    };
+    let mut ends = records.iter().filter(counts).map(|record| &record.end);
+    let panicked = matches!(trigger_end, Some(End::Panicked(_)))
+        || ends.clone().any(|end| matches!(end, End::Panicked(_)));
+    if panicked {
+        return Outcome::Panicked;
+    }
+    if trigger_end.is_some() || ends.any(|end| matches!(end, End::Failed(_))) {
+        return Outcome::Failed;
+    }
+    if records.iter().any(|record| record.end.is_forced()) {
+        return Outcome::Forced;
+    }
+    Outcome::Clean
+}
+
+fn end_of(result: Result<Result<(), BoxError>, JoinError>) -> Option<End> {
+    match result {
+        Ok(Ok(())) => Some(End::Completed),
+        Ok(Err(error)) => Some(End::Failed(error_chain(error.as_ref()))),
+        Err(error) if error.is_panic() => Some(End::Panicked(panic_message(error.into_panic()))),
+        Err(_) => None,
+    }
+}
+
+fn error_chain(error: &(dyn StdError + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+fn panic_message(payload: Box<dyn Any + Send>) -> String {
+    match payload.downcast::<String>() {
+        Ok(message) => *message,
+        Err(payload) => match payload.downcast::<&'static str>() {
+            Ok(message) => (*message).to_owned(),
+            Err(_) => "a panic without a message".to_owned(),
+        },
+    }
+}
+
+fn finish_phase(phase: Phase, started: Instant) -> (Phase, Duration) {
+    let took = started.elapsed();
+    info!(%phase, ?took, "shutdown phase finished");
+    (phase, took)
+}
+
+fn add_saturating(instant: Instant, duration: Duration) -> Instant {
+    // Far enough to never fire, close enough not to overflow the clock.
+    const FAR: Duration = Duration::from_secs(86_400 * 365 * 30);
+    instant
+        .checked_add(duration.min(FAR))
+        .unwrap_or_else(|| instant + Duration::from_secs(86_400))
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The state stays consistent across a panic: every update is a single insert or take.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("query failed")]
+    struct Outer(#[source] std::io::Error);
+
+    #[test]
+    fn error_chain_joins_sources() {
+        let error = Outer(std::io::Error::other("connection reset"));
+        assert_eq!(error_chain(&error), "query failed: connection reset");
+    }
+
+    #[test]
+    fn panic_messages_of_both_payload_kinds() {
+        assert_eq!(panic_message(Box::new("static")), "static");
+        assert_eq!(panic_message(Box::new(String::from("owned"))), "owned");
+        assert_eq!(panic_message(Box::new(7_u8)), "a panic without a message");
+    }
+
+    #[test]
+    fn saturating_deadline_does_not_overflow() {
+        let now = Instant::now();
+        assert!(add_saturating(now, Duration::MAX) > now);
+    }
+
+    #[test]
+    fn a_failed_hook_is_a_failure_but_a_failed_plain_task_is_not() {
+        let record = |kind, end| Record {
+            name: "x".to_owned(),
+            kind,
+            end,
+        };
+        let trigger = Trigger::Requested;
+        let hook = [record(Kind::Hook, End::Failed("disk full".to_owned()))];
+        assert_eq!(outcome_of(None, &trigger, &hook), Outcome::Failed);
+        let task = [record(Kind::Task, End::Failed("bad row".to_owned()))];
+        assert_eq!(outcome_of(None, &trigger, &task), Outcome::Clean);
+        let forced = [record(Kind::Work, End::Forced)];
+        assert_eq!(outcome_of(None, &trigger, &forced), Outcome::Forced);
+        let interrupted = outcome_of(Some(Signal::Interrupt), &trigger, &hook);
+        assert_eq!(interrupted, Outcome::Interrupted(Signal::Interrupt));
+    }
+}
