@@ -1,0 +1,3 @@
+//! Throughput benchmarks (being written).
+
+fn main() {}
