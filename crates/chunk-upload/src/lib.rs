@@ -11,6 +11,8 @@
 pub mod id;
 pub mod protocol;
 #[cfg(feature = "server")]
+pub mod server;
+#[cfg(feature = "server")]
 pub mod store;
 
 pub use id::{InvalidUploadId, UploadId};
