@@ -1,0 +1,121 @@
+//! The tower adapter: the same policy as a `tower::retry::Policy`.
+#![cfg(feature = "tower")]
+
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use steadfast_backoff::{Backoff, ErrorClass, Jitter, RetryBudget, TowerPolicy};
+use tokio::time::Instant;
+use tower::{Service, ServiceBuilder, ServiceExt};
+
+/// A service failing its first `failures` calls with `kind`, counting calls.
+fn flaky(
+    failures: u32,
+    kind: io::ErrorKind,
+    calls: Arc<AtomicU32>,
+) -> impl Service<u32, Response = u32, Error = io::Error, Future: Send> + Clone {
+    tower::service_fn(move |request: u32| {
+        let call = calls.fetch_add(1, Ordering::SeqCst);
+        async move {
+            if call < failures {
+                Err(io::Error::from(kind))
+            } else {
+                Ok(request + 1)
+            }
+        }
+    })
+}
+
+fn policy() -> Backoff {
+    Backoff::exponential(Duration::from_millis(100))
+        .jitter(Jitter::None)
+        .max_attempts(4)
+}
+
+#[tokio::test(start_paused = true)]
+async fn transient_errors_are_retried_with_the_schedule() {
+    let calls = Arc::new(AtomicU32::new(0));
+    let mut service = ServiceBuilder::new()
+        .retry(TowerPolicy::new(&policy()))
+        .service(flaky(2, io::ErrorKind::ConnectionReset, calls.clone()));
+    let started = Instant::now();
+
+    let response = service.ready().await.unwrap().call(1).await.unwrap();
+
+    assert_eq!(response, 2);
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+    assert_eq!(started.elapsed(), Duration::from_millis(300));
+}
+
+#[tokio::test(start_paused = true)]
+async fn permanent_errors_pass_through_at_once() {
+    let calls = Arc::new(AtomicU32::new(0));
+    let mut service = ServiceBuilder::new()
+        .retry(TowerPolicy::new(&policy()))
+        .service(flaky(5, io::ErrorKind::PermissionDenied, calls.clone()));
+
+    let error = service.ready().await.unwrap().call(1).await.unwrap_err();
+
+    assert_eq!(error.kind(), io::ErrorKind::PermissionDenied);
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn attempts_are_counted_per_request() {
+    let calls = Arc::new(AtomicU32::new(0));
+    let mut service = ServiceBuilder::new()
+        .retry(TowerPolicy::new(&policy()))
+        .service(flaky(
+            u32::MAX,
+            io::ErrorKind::ConnectionReset,
+            calls.clone(),
+        ));
+
+    for request in 0..3 {
+        let error = service
+            .ready()
+            .await
+            .unwrap()
+            .call(request)
+            .await
+            .unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::ConnectionReset);
+    }
+
+    assert_eq!(calls.load(Ordering::SeqCst), 12);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_shared_budget_limits_retries_across_requests() {
+    let calls = Arc::new(AtomicU32::new(0));
+    let budget = RetryBudget::new(Duration::from_secs(10), 0, 0.5).unwrap();
+    let mut service = ServiceBuilder::new()
+        .retry(TowerPolicy::new(&policy()).budget(budget))
+        .service(flaky(
+            u32::MAX,
+            io::ErrorKind::ConnectionReset,
+            calls.clone(),
+        ));
+
+    for request in 0..10 {
+        let _ = service.ready().await.unwrap().call(request).await;
+    }
+
+    assert_eq!(calls.load(Ordering::SeqCst), 10 + 5);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_closure_classifies_for_the_layer() {
+    let calls = Arc::new(AtomicU32::new(0));
+    let policy = TowerPolicy::new(&policy()).classify_with(|_: &io::Error| ErrorClass::Permanent);
+    let mut service = ServiceBuilder::new().retry(policy).service(flaky(
+        2,
+        io::ErrorKind::ConnectionReset,
+        calls.clone(),
+    ));
+
+    assert!(service.ready().await.unwrap().call(1).await.is_err());
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
