@@ -1,0 +1,383 @@
+//! The handles the application holds: `Builder`, `Client`, `Incoming`, `HookSender`.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+use crate::config::Config;
+use crate::error::{BoxError, BuildError, CloseReason, SendError};
+use crate::message::Message;
+use crate::outbox::{Outbox, Sent};
+use crate::state::{Counters, Event, Events, Metrics, State};
+use crate::task;
+
+/// The HTTP request of a WebSocket upgrade, as the request builder returns it.
+pub type Request = tokio_tungstenite::tungstenite::handshake::client::Request;
+
+/// Builds the upgrade request for each attempt.
+pub(crate) type RequestFn = Arc<dyn Fn() -> Result<Request, BoxError> + Send + Sync>;
+
+/// The on-connect hook, boxed.
+pub(crate) type HookFn = Arc<
+    dyn Fn(HookSender) -> Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send>> + Send + Sync,
+>;
+
+/// Sets up a [`Client`]: the URL or request builder, the [`Config`], the on-connect hook and
+/// a cancellation token.
+pub struct Builder {
+    url: String,
+    request: Option<RequestFn>,
+    config: Config,
+    hook: Option<HookFn>,
+    cancel: Option<CancellationToken>,
+}
+
+impl std::fmt::Debug for Builder {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("Builder")
+            .field("url", &self.url)
+            .field("config", &self.config)
+            .field("custom_request", &self.request.is_some())
+            .field("hook", &self.hook.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Builder {
+    /// A client of the server at `url` (`ws://` or `wss://`), with the default [`Config`].
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            request: None,
+            config: Config::default(),
+            hook: None,
+            cancel: None,
+        }
+    }
+
+    /// Replaces every plain setting.
+    pub fn config(mut self, config: Config) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Builds the upgrade request afresh for every attempt, so that headers and tokens are
+    /// current each time. An error fails that attempt. By default the request is a plain
+    /// GET of the URL given to [`Builder::new`].
+    pub fn request<F>(mut self, request: F) -> Self
+    where
+        F: Fn() -> Result<Request, BoxError> + Send + Sync + 'static,
+    {
+        self.request = Some(Arc::new(request));
+        self
+    }
+
+    /// Runs `hook` on every new connection before buffered messages go out, typically to
+    /// authenticate or resubscribe through the [`HookSender`]. It runs in its own task; if it
+    /// fails or exceeds [`Config::hook_timeout`], the attempt counts as failed.
+    pub fn on_connect<F, Fut>(mut self, hook: F) -> Self
+    where
+        F: Fn(HookSender) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), BoxError>> + Send + 'static,
+    {
+        self.hook = Some(Arc::new(move |sender| Box::pin(hook(sender))));
+        self
+    }
+
+    /// Closes the client when `token` is cancelled, exactly as [`Client::close`] does, so
+    /// that the client takes part in an application's graceful shutdown.
+    pub fn cancel_token(mut self, token: CancellationToken) -> Self {
+        self.cancel = Some(token);
+        self
+    }
+
+    /// Checks the settings and starts the client's task, which connects at once.
+    ///
+    /// # Errors
+    ///
+    /// A [`BuildError`] for a URL that is not `ws://` or `wss://`, an invalid backoff
+    /// policy, a zero limit, or a call outside a tokio runtime.
+    pub fn build(self) -> Result<(Client, Incoming), BuildError> {
+        self.validate()?;
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| BuildError::NoRuntime)?;
+
+        let request = match self.request {
+            Some(request) => request,
+            None => {
+                let url = self.url.clone();
+                Arc::new(move || url.as_str().into_client_request().map_err(BoxError::from))
+            }
+        };
+        let stop = self
+            .cancel
+            .map(|token| token.child_token())
+            .unwrap_or_default();
+        let handles = CancellationToken::new();
+        let (state, state_rx) = watch::channel(State::Connecting { attempt: 1 });
+        let (events, _) = broadcast::channel(256);
+        let (incoming_tx, incoming_rx) = mpsc::channel(self.config.inbound_capacity);
+        let shared = Arc::new(Shared {
+            outbox: Outbox::new(self.config.buffer.clone(), self.config.max_message_size),
+            counters: Counters::default(),
+            events,
+            state,
+            rtt: Mutex::new(None),
+            stop,
+            config: self.config,
+        });
+
+        runtime.spawn(task::run(
+            Arc::clone(&shared),
+            request,
+            self.hook,
+            incoming_tx,
+            handles.clone(),
+        ));
+
+        let client = Client {
+            shared: Arc::clone(&shared),
+            state: state_rx,
+            _handles: Arc::new(handles.drop_guard()),
+        };
+        Ok((
+            client,
+            Incoming {
+                shared,
+                receiver: incoming_rx,
+            },
+        ))
+    }
+
+    fn validate(&self) -> Result<(), BuildError> {
+        let url_error = |why: &str| BuildError::Url {
+            url: self.url.clone(),
+            why: why.to_owned(),
+        };
+        let request = self
+            .url
+            .as_str()
+            .into_client_request()
+            .map_err(|error| url_error(&error.to_string()))?;
+        match request.uri().scheme_str() {
+            Some("ws") => {}
+            Some("wss") if cfg!(feature = "rustls") => {}
+            Some("wss") => return Err(url_error("wss needs the `rustls` feature")),
+            _ => return Err(url_error("the scheme must be ws or wss")),
+        }
+
+        let config = &self.config;
+        config.backoff.validate().map_err(BuildError::Backoff)?;
+        let zero_checks = [
+            (config.buffer.max_messages == 0, "buffer.max_messages"),
+            (config.buffer.max_bytes == 0, "buffer.max_bytes"),
+            (config.inbound_capacity == 0, "inbound_capacity"),
+            (config.max_message_size == 0, "max_message_size"),
+            (config.max_frame_size == 0, "max_frame_size"),
+            (config.max_write_buffer_size == 0, "max_write_buffer_size"),
+            (config.connect_timeout.is_zero(), "connect_timeout"),
+            (config.pong_timeout.is_zero(), "pong_timeout"),
+            (
+                config
+                    .ping_interval
+                    .is_some_and(|interval| interval.is_zero()),
+                "ping_interval",
+            ),
+        ];
+        match zero_checks.into_iter().find(|(zero, _)| *zero) {
+            Some((_, name)) => Err(BuildError::Zero(name)),
+            None => Ok(()),
+        }
+    }
+}
+
+/// State shared by the handles and the socket task.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) outbox: Outbox,
+    pub(crate) counters: Counters,
+    pub(crate) events: broadcast::Sender<Event>,
+    pub(crate) state: watch::Sender<State>,
+    pub(crate) rtt: Mutex<Option<Duration>>,
+    pub(crate) stop: CancellationToken,
+    pub(crate) config: Config,
+}
+
+impl Shared {
+    pub(crate) fn emit(&self, event: Event) {
+        // No subscriber is fine: events are for whoever wants them.
+        let _ = self.events.send(event);
+    }
+
+    pub(crate) fn set_rtt(&self, rtt: Duration) {
+        *self.rtt.lock().unwrap_or_else(PoisonError::into_inner) = Some(rtt);
+    }
+}
+
+/// A handle to a reconnecting WebSocket client. Cheap to clone; the client runs until it is
+/// closed, a rule stops it, or every handle is dropped.
+#[derive(Debug, Clone)]
+pub struct Client {
+    shared: Arc<Shared>,
+    state: watch::Receiver<State>,
+    _handles: Arc<DropGuard>,
+}
+
+impl Client {
+    /// A client of `url` with the default settings; see [`Builder`] for more.
+    pub fn builder(url: impl Into<String>) -> Builder {
+        Builder::new(url)
+    }
+
+    /// Queues a message; it goes out in order once a connection is open and its
+    /// on-connect hook has succeeded, or at once if that is the case already.
+    ///
+    /// What happens when the buffer is full depends on [`Overflow`](crate::Overflow); the
+    /// result says which. A message handed to an open socket that then fails before it was
+    /// flushed is reported as [`DiscardReason::LostInFlight`](crate::DiscardReason), never
+    /// replayed.
+    ///
+    /// # Errors
+    ///
+    /// [`SendError`], with the message inside: the buffer is full (reject policy), the
+    /// message is too large, or the client is closed.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: a cancelled send (possible only under the wait policy) has not queued
+    /// its message.
+    pub async fn send(&self, message: impl Into<Message>) -> Result<Sent, SendError> {
+        self.shared.outbox.push(message.into(), true).await
+    }
+
+    /// Like [`Client::send`], for a message that only makes sense on the current
+    /// connection (a reply to a request on it, an unsubscribe): it is never replayed on a
+    /// later one. If the connection ends before it went out, it is discarded and reported.
+    ///
+    /// # Errors
+    ///
+    /// As [`Client::send`], plus [`SendError::NotConnected`] when no connection is open.
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`Client::send`].
+    pub async fn send_no_replay(&self, message: impl Into<Message>) -> Result<Sent, SendError> {
+        self.shared.outbox.push(message.into(), false).await
+    }
+
+    /// The state as a `watch` receiver, to await changes.
+    pub fn state(&self) -> watch::Receiver<State> {
+        self.state.clone()
+    }
+
+    /// The state right now.
+    pub fn current_state(&self) -> State {
+        self.state.borrow().clone()
+    }
+
+    /// Events from now on.
+    pub fn events(&self) -> Events {
+        Events {
+            receiver: self.shared.events.subscribe(),
+        }
+    }
+
+    /// The counters so far.
+    pub fn metrics(&self) -> Metrics {
+        self.shared.counters.snapshot()
+    }
+
+    /// The round-trip time of the last answered ping.
+    pub fn rtt(&self) -> Option<Duration> {
+        *self
+            .shared
+            .rtt
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Messages and payload bytes waiting in the outbound buffer.
+    pub fn buffered(&self) -> (usize, usize) {
+        self.shared.outbox.len()
+    }
+
+    /// Closes the client for good: cancels a pending backoff wait or a connect in progress,
+    /// sends a close frame on an open connection and waits for the server's answer up to
+    /// [`Config::close_timeout`]. Calling it again, or after the client stopped by itself,
+    /// returns at once.
+    ///
+    /// Returns the messages still buffered, which were never handed to a socket.
+    ///
+    /// # Cancel safety
+    ///
+    /// The close goes on in the client's task even if this future is dropped; only the
+    /// buffered messages are not returned then.
+    pub async fn close(&self) -> Vec<Message> {
+        self.shared.stop.cancel();
+        self.closed().await;
+        self.shared.outbox.close()
+    }
+
+    /// Waits until the client is closed, for whatever reason, and returns the reason.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe.
+    pub async fn closed(&self) -> CloseReason {
+        let mut state = self.state.clone();
+        let closed = state.wait_for(State::is_closed).await;
+        match closed.as_deref() {
+            Ok(State::Closed(reason)) => reason.clone(),
+            // The task publishes Closed before it ends, so the sender outlives this wait.
+            _ => CloseReason::Dropped,
+        }
+    }
+}
+
+/// The received data messages, in order. Separate from [`Client`] so that reading and
+/// sending can live in different tasks.
+///
+/// The client keeps answering pings whether or not this is read; when
+/// [`Config::inbound_capacity`] messages wait unread, it stops reading the socket
+/// (backpressure) and suspends the liveness check until the application catches up.
+#[derive(Debug)]
+pub struct Incoming {
+    pub(crate) shared: Arc<Shared>,
+    receiver: mpsc::Receiver<Message>,
+}
+
+impl Incoming {
+    /// The next message, or `None` once the client is closed and every message was read.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe.
+    pub async fn recv(&mut self) -> Option<Message> {
+        self.receiver.recv().await
+    }
+}
+
+/// Given to the on-connect hook: writes messages on the new connection ahead of everything
+/// buffered.
+#[derive(Debug, Clone)]
+pub struct HookSender {
+    pub(crate) sender: mpsc::UnboundedSender<Message>,
+}
+
+impl HookSender {
+    /// Writes `message` on this connection, before any buffered message.
+    ///
+    /// # Errors
+    ///
+    /// [`SendError::Closed`] if the connection is gone already.
+    pub fn send(&self, message: impl Into<Message>) -> Result<(), SendError> {
+        self.sender
+            .send(message.into())
+            .map_err(|error| SendError::Closed(error.0))
+    }
+}

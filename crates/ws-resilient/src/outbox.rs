@@ -1,0 +1,367 @@
+//! The outbound buffer between `send` and the socket task.
+
+use std::collections::VecDeque;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::config::{BufferConfig, Overflow};
+use crate::error::SendError;
+use crate::message::Message;
+use crate::state::DiscardReason;
+
+/// What happened to a message handed to `send`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Sent {
+    /// Queued; it goes out, in order, as soon as a connection is open and its on-connect
+    /// hook has succeeded.
+    Queued,
+    /// Queued, after these older messages were discarded to make room (drop-oldest).
+    QueuedDropping(Vec<Message>),
+    /// Not queued: the buffer was full and the policy is drop-newest. The message is
+    /// given back.
+    Dropped(Message),
+}
+
+/// One buffered message.
+#[derive(Debug)]
+struct Entry {
+    message: Message,
+    queued_at: Instant,
+    /// For messages that must not be replayed: the connection they were meant for.
+    only_on: Option<u64>,
+}
+
+/// The buffer proper, behind one lock.
+#[derive(Debug)]
+struct Queue {
+    entries: VecDeque<Entry>,
+    bytes: usize,
+    closed: bool,
+    /// The connection currently open (hook done), if any.
+    open: Option<u64>,
+}
+
+/// A bounded FIFO shared by every `send` and the socket task.
+#[derive(Debug)]
+pub(crate) struct Outbox {
+    queue: Mutex<Queue>,
+    config: BufferConfig,
+    max_message_size: usize,
+    /// Wakes the socket task's writer.
+    pub(crate) ready: Notify,
+    /// Wakes senders waiting for room.
+    room: Notify,
+}
+
+/// Messages a `take` had to discard, by reason.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Discards {
+    pub(crate) expired: u64,
+    pub(crate) not_replayable: u64,
+}
+
+impl Outbox {
+    pub(crate) fn new(config: BufferConfig, max_message_size: usize) -> Self {
+        Self {
+            queue: Mutex::new(Queue {
+                entries: VecDeque::new(),
+                bytes: 0,
+                closed: false,
+                open: None,
+            }),
+            config,
+            max_message_size,
+            ready: Notify::new(),
+            room: Notify::new(),
+        }
+    }
+
+    /// Queues a message under the overflow policy, waiting for room under
+    /// [`Overflow::Wait`].
+    pub(crate) async fn push(&self, mut message: Message, replay: bool) -> Result<Sent, SendError> {
+        loop {
+            let room = self.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+
+            match self.try_push(message, replay) {
+                Err(SendError::BufferFull(back)) if self.config.overflow == Overflow::Wait => {
+                    message = back;
+                    room.await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn try_push(&self, message: Message, replay: bool) -> Result<Sent, SendError> {
+        let size = message.len();
+        let limit = self.config.max_bytes.min(self.max_message_size);
+        if size > limit {
+            return Err(SendError::TooLarge {
+                message,
+                size,
+                limit,
+            });
+        }
+
+        let mut queue = self.lock();
+        if queue.closed {
+            return Err(SendError::Closed(message));
+        }
+        let only_on = match (replay, queue.open) {
+            (true, _) => None,
+            (false, Some(connection)) => Some(connection),
+            (false, None) => return Err(SendError::NotConnected(message)),
+        };
+
+        let fits = |queue: &Queue| {
+            queue.entries.len() < self.config.max_messages
+                && queue.bytes + size <= self.config.max_bytes
+        };
+        let mut dropped = Vec::new();
+        if !fits(&queue) {
+            match self.config.overflow {
+                Overflow::Reject | Overflow::Wait => return Err(SendError::BufferFull(message)),
+                Overflow::DropNewest => return Ok(Sent::Dropped(message)),
+                Overflow::DropOldest => {
+                    while !fits(&queue) {
+                        let Some(oldest) = queue.entries.pop_front() else {
+                            break;
+                        };
+                        queue.bytes -= oldest.message.len();
+                        dropped.push(oldest.message);
+                    }
+                }
+            }
+        }
+
+        queue.bytes += size;
+        queue.entries.push_back(Entry {
+            message,
+            queued_at: Instant::now(),
+            only_on,
+        });
+        drop(queue);
+        self.ready.notify_one();
+
+        if dropped.is_empty() {
+            Ok(Sent::Queued)
+        } else {
+            Ok(Sent::QueuedDropping(dropped))
+        }
+    }
+
+    /// Takes the next message that may still be sent, discarding expired ones and ones
+    /// meant for an earlier connection.
+    pub(crate) fn take(&self, discards: &mut Discards) -> Option<Message> {
+        let mut queue = self.lock();
+        let now = Instant::now();
+        let mut taken = None;
+
+        while let Some(entry) = queue.entries.pop_front() {
+            queue.bytes -= entry.message.len();
+            if self
+                .config
+                .max_age
+                .is_some_and(|age| now.duration_since(entry.queued_at) > age)
+            {
+                discards.expired += 1;
+                continue;
+            }
+            if entry.only_on.is_some() && entry.only_on != queue.open {
+                discards.not_replayable += 1;
+                continue;
+            }
+            taken = Some(entry.message);
+            break;
+        }
+        drop(queue);
+
+        self.room.notify_waiters();
+        taken
+    }
+
+    /// Records which connection is open (hook done), or that none is.
+    pub(crate) fn set_open(&self, connection: Option<u64>) {
+        self.lock().open = connection;
+    }
+
+    /// Refuses further messages, keeping the ones queued for [`Outbox::close`] to hand back.
+    pub(crate) fn refuse(&self) {
+        self.lock().closed = true;
+        self.room.notify_waiters();
+    }
+
+    /// Refuses further messages and hands back the ones still queued.
+    pub(crate) fn close(&self) -> Vec<Message> {
+        let mut queue = self.lock();
+        queue.closed = true;
+        queue.bytes = 0;
+        let left = queue.entries.drain(..).map(|entry| entry.message).collect();
+        drop(queue);
+
+        self.room.notify_waiters();
+        left
+    }
+
+    /// Messages and bytes queued right now.
+    pub(crate) fn len(&self) -> (usize, usize) {
+        let queue = self.lock();
+        (queue.entries.len(), queue.bytes)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        // Every critical section leaves the queue consistent, so a poisoned lock is usable.
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Discards {
+    /// Each non-zero count with its reason.
+    pub(crate) fn reasons(&self) -> impl Iterator<Item = (DiscardReason, u64)> {
+        [
+            (DiscardReason::Expired, self.expired),
+            (DiscardReason::NotReplayable, self.not_replayable),
+        ]
+        .into_iter()
+        .filter(|(_, count)| *count > 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn outbox(max_messages: usize, max_bytes: usize, overflow: Overflow) -> Outbox {
+        Outbox::new(
+            BufferConfig {
+                max_messages,
+                max_bytes,
+                overflow,
+                max_age: None,
+            },
+            1 << 20,
+        )
+    }
+
+    fn text(n: u32) -> Message {
+        Message::text(n.to_string())
+    }
+
+    #[tokio::test]
+    async fn reject_gives_the_message_back_when_full() {
+        let outbox = outbox(2, 1024, Overflow::Reject);
+
+        assert_eq!(outbox.push(text(1), true).await.unwrap(), Sent::Queued);
+        assert_eq!(outbox.push(text(2), true).await.unwrap(), Sent::Queued);
+        let error = outbox.push(text(3), true).await.unwrap_err();
+
+        assert!(matches!(error, SendError::BufferFull(_)));
+        assert_eq!(error.into_message(), text(3));
+    }
+
+    #[tokio::test]
+    async fn the_byte_limit_holds_too() {
+        let outbox = outbox(100, 10, Overflow::DropOldest);
+
+        outbox.push(Message::text("aaaaaa"), true).await.unwrap();
+        let sent = outbox.push(Message::text("bbbbbb"), true).await.unwrap();
+
+        assert_eq!(sent, Sent::QueuedDropping(vec![Message::text("aaaaaa")]));
+        assert_eq!(outbox.len(), (1, 6));
+    }
+
+    #[tokio::test]
+    async fn too_large_is_refused_whatever_the_policy() {
+        let outbox = outbox(100, 4, Overflow::DropOldest);
+
+        let error = outbox.push(Message::text("12345"), true).await.unwrap_err();
+
+        assert!(matches!(
+            error,
+            SendError::TooLarge {
+                size: 5,
+                limit: 4,
+                ..
+            }
+        ));
+    }
+
+    #[tokio::test]
+    async fn drop_newest_reports_the_new_message() {
+        let outbox = outbox(1, 1024, Overflow::DropNewest);
+        outbox.push(text(1), true).await.unwrap();
+
+        assert_eq!(
+            outbox.push(text(2), true).await.unwrap(),
+            Sent::Dropped(text(2))
+        );
+        assert_eq!(outbox.take(&mut Discards::default()), Some(text(1)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn wait_resumes_when_the_task_takes_a_message() {
+        let outbox = std::sync::Arc::new(outbox(1, 1024, Overflow::Wait));
+        outbox.push(text(1), true).await.unwrap();
+
+        let waiting = tokio::spawn({
+            let outbox = std::sync::Arc::clone(&outbox);
+            async move { outbox.push(text(2), true).await }
+        });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert!(!waiting.is_finished());
+        outbox.take(&mut Discards::default());
+
+        assert_eq!(waiting.await.unwrap().unwrap(), Sent::Queued);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn expired_and_stale_unreplayable_messages_are_skipped() {
+        let outbox = Outbox::new(
+            BufferConfig {
+                max_age: Some(Duration::from_secs(10)),
+                ..BufferConfig::default()
+            },
+            1 << 20,
+        );
+        outbox.set_open(Some(1));
+        outbox.push(text(1), true).await.unwrap();
+        outbox.push(text(2), false).await.unwrap();
+        tokio::time::advance(Duration::from_secs(11)).await;
+        outbox.push(text(3), true).await.unwrap();
+        outbox.set_open(Some(2));
+        outbox.push(text(4), false).await.unwrap();
+
+        let mut discards = Discards::default();
+        let taken: Vec<_> = std::iter::from_fn(|| outbox.take(&mut discards)).collect();
+
+        assert_eq!(taken, vec![text(3), text(4)]);
+        assert_eq!(
+            discards,
+            Discards {
+                expired: 2,
+                not_replayable: 0
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn unreplayable_messages_need_an_open_connection_and_close_refuses_all() {
+        let outbox = outbox(10, 1024, Overflow::Reject);
+
+        let error = outbox.push(text(1), false).await.unwrap_err();
+        outbox.push(text(2), true).await.unwrap();
+        let left = outbox.close();
+        let after = outbox.push(text(3), true).await.unwrap_err();
+
+        assert!(matches!(error, SendError::NotConnected(_)));
+        assert_eq!(left, vec![text(2)]);
+        assert!(matches!(after, SendError::Closed(_)));
+    }
+}
