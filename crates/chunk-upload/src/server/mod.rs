@@ -57,7 +57,6 @@ use crate::store::{Store, StoreError, UploadInfo};
 /// Plain settings of a [`TusServer`].
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(default)]
-#[non_exhaustive]
 pub struct ServerConfig {
     /// Path the router is mounted at; uploads live at `{base_path}/{id}`.
     /// Default `/files`. Must start with `/` and not end with one.
