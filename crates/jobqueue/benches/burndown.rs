@@ -1,0 +1,3 @@
+//! Burn-down benchmark (not yet implemented).
+
+fn main() {}

@@ -1,0 +1,3 @@
+//! Admin command line for steadfast-jobqueue (not yet implemented).
+
+fn main() {}
