@@ -186,10 +186,11 @@ mod tests {
 
     #[test]
     fn hints_attach_to_transient_classes_only() {
-        let hint = Some(Duration::from_secs(2));
+        let delay = Duration::from_secs(2);
+        let hint = Some(delay);
         assert_eq!(
             ErrorClass::Transient.with_hint(hint),
-            ErrorClass::RetryAfter(hint.unwrap())
+            ErrorClass::RetryAfter(delay)
         );
         assert_eq!(ErrorClass::Permanent.with_hint(hint), ErrorClass::Permanent);
         assert_eq!(ErrorClass::Transient.with_hint(None), ErrorClass::Transient);

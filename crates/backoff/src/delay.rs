@@ -15,7 +15,7 @@ const NANOS_PER_SEC: u128 = 1_000_000_000;
 pub(crate) fn base_nanos(policy: &Backoff, retry: u32) -> u128 {
     let initial = policy.initial.as_nanos();
     let cap = policy.max_delay.as_nanos();
-    if initial >= cap || retry == 0 || !(policy.factor > 1.0) {
+    if initial >= cap || retry == 0 || policy.factor.is_nan() || policy.factor <= 1.0 {
         return initial.min(cap);
     }
 
@@ -85,7 +85,7 @@ pub(crate) fn to_duration(nanos: u128) -> Duration {
 
 /// `value * fraction` for a fraction in `[0, 1]`; anything else counts as 0 or 1.
 fn fraction_of(value: u128, fraction: f64) -> u128 {
-    if !(fraction > 0.0) {
+    if fraction.is_nan() || fraction <= 0.0 {
         return 0;
     }
     if fraction >= 1.0 {

@@ -28,7 +28,9 @@ fn policy(jitter: Jitter) -> Backoff {
 
 /// `draws[attempt]` holds 10,000 delays for that attempt, from seeded schedules.
 fn draw(policy: &Backoff) -> Vec<Vec<Duration>> {
-    let mut draws = vec![Vec::with_capacity(DRAWS as usize); ATTEMPTS];
+    let mut draws: Vec<Vec<Duration>> = (0..ATTEMPTS)
+        .map(|_| Vec::with_capacity(DRAWS as usize))
+        .collect();
     for seed in 0..DRAWS {
         for (attempt, delay) in policy.schedule().with_seed(seed).take(ATTEMPTS).enumerate() {
             draws[attempt].push(delay);
