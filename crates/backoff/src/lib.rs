@@ -139,3 +139,8 @@ pub use schedule::Schedule;
 pub use tokio_util::sync::CancellationToken;
 #[cfg(feature = "tower")]
 pub use tower_policy::TowerPolicy;
+
+/// The README's example, compiled as a doctest so that it stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
