@@ -30,6 +30,11 @@
 #[doc(inline)]
 pub use steadfast_backoff as backoff;
 
+/// The README's Quick start, compiled and run as a doctest so that it stays true.
+#[cfg(all(doctest, feature = "backoff"))]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 #[cfg(feature = "shutdown")]
 #[doc(inline)]
 pub use steadfast_shutdown as shutdown;
