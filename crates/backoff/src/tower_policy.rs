@@ -8,13 +8,13 @@ use tracing::debug;
 
 use crate::budget::{Budget, RetryKind};
 use crate::classify::{ByTrait, Classifier, ErrorClass};
-use crate::policy::Backoff;
+use crate::policy::{Backoff, BuildError};
 use crate::schedule::Schedule;
 
 /// The same policy as [`retry`](crate::retry()), as a [`tower::retry::Policy`].
 ///
 /// Wrap any service whose requests are `Clone` with
-/// `tower::retry::RetryLayer::new(TowerPolicy::new(&policy))`. Errors are classified as
+/// `tower::retry::RetryLayer::new(TowerPolicy::new(&policy)?)`. Errors are classified as
 /// in the retry loop (by [`Classify`](crate::Classify) or a closure); `Ok` responses
 /// are never retried, so map retryable responses (a `503`) to errors inside the
 /// service if they should be.
@@ -39,7 +39,7 @@ use crate::schedule::Schedule;
 /// let calls = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
 /// let counter = calls.clone();
 /// let mut service = ServiceBuilder::new()
-///     .retry(TowerPolicy::new(&policy))
+///     .retry(TowerPolicy::new(&policy).unwrap())
 ///     .service_fn(move |request: u32| {
 ///         let call = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
 ///         async move {
@@ -68,8 +68,13 @@ pub struct TowerPolicy<C = ByTrait> {
 
 impl TowerPolicy {
     /// A tower policy following `policy`, classifying errors by [`Classify`](crate::Classify).
-    pub fn new(policy: &Backoff) -> Self {
-        Self {
+    ///
+    /// # Errors
+    ///
+    /// The [`BuildError`] naming the rule `policy` breaks (see [`Backoff::validate`]).
+    pub fn new(policy: &Backoff) -> Result<Self, BuildError> {
+        policy.validate()?;
+        Ok(Self {
             policy: policy.clone(),
             classifier: ByTrait,
             budget: None,
@@ -78,7 +83,7 @@ impl TowerPolicy {
             attempts: 0,
             started: None,
             last_retry: None,
-        }
+        })
     }
 }
 
@@ -120,10 +125,6 @@ impl<C> TowerPolicy<C> {
             ErrorClass::Ambiguous if !self.idempotent => return None,
             _ => {}
         }
-        if self.policy.validate().is_err() {
-            return None;
-        }
-
         let policy = &self.policy;
         let mut delay = self
             .schedule

@@ -38,7 +38,7 @@ fn policy() -> Backoff {
 async fn transient_errors_are_retried_with_the_schedule() {
     let calls = Arc::new(AtomicU32::new(0));
     let mut service = ServiceBuilder::new()
-        .retry(TowerPolicy::new(&policy()))
+        .retry(TowerPolicy::new(&policy()).unwrap())
         .service(flaky(2, io::ErrorKind::ConnectionReset, calls.clone()));
     let started = Instant::now();
 
@@ -53,7 +53,7 @@ async fn transient_errors_are_retried_with_the_schedule() {
 async fn permanent_errors_pass_through_at_once() {
     let calls = Arc::new(AtomicU32::new(0));
     let mut service = ServiceBuilder::new()
-        .retry(TowerPolicy::new(&policy()))
+        .retry(TowerPolicy::new(&policy()).unwrap())
         .service(flaky(5, io::ErrorKind::PermissionDenied, calls.clone()));
 
     let error = service.ready().await.unwrap().call(1).await.unwrap_err();
@@ -66,7 +66,7 @@ async fn permanent_errors_pass_through_at_once() {
 async fn attempts_are_counted_per_request() {
     let calls = Arc::new(AtomicU32::new(0));
     let mut service = ServiceBuilder::new()
-        .retry(TowerPolicy::new(&policy()))
+        .retry(TowerPolicy::new(&policy()).unwrap())
         .service(flaky(
             u32::MAX,
             io::ErrorKind::ConnectionReset,
@@ -92,7 +92,7 @@ async fn a_shared_budget_limits_retries_across_requests() {
     let calls = Arc::new(AtomicU32::new(0));
     let budget = RetryBudget::new(Duration::from_secs(10), 0, 0.5).unwrap();
     let mut service = ServiceBuilder::new()
-        .retry(TowerPolicy::new(&policy()).budget(budget))
+        .retry(TowerPolicy::new(&policy()).unwrap().budget(budget))
         .service(flaky(
             u32::MAX,
             io::ErrorKind::ConnectionReset,
@@ -109,7 +109,9 @@ async fn a_shared_budget_limits_retries_across_requests() {
 #[tokio::test(start_paused = true)]
 async fn a_closure_classifies_for_the_layer() {
     let calls = Arc::new(AtomicU32::new(0));
-    let policy = TowerPolicy::new(&policy()).classify_with(|_: &io::Error| ErrorClass::Permanent);
+    let policy = TowerPolicy::new(&policy())
+        .unwrap()
+        .classify_with(|_: &io::Error| ErrorClass::Permanent);
     let mut service = ServiceBuilder::new().retry(policy).service(flaky(
         2,
         io::ErrorKind::ConnectionReset,
@@ -118,4 +120,13 @@ async fn a_closure_classifies_for_the_layer() {
 
     assert!(service.ready().await.unwrap().call(1).await.is_err());
     assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn an_invalid_policy_is_rejected_when_the_layer_is_built() {
+    let error = TowerPolicy::new(&policy().max_attempts(0)).unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "max_attempts counts the first call and must be at least 1"
+    );
 }
