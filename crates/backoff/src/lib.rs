@@ -69,8 +69,10 @@
 //! The cap holds after jitter ([`CapMode::Hard`]): no delay ever exceeds `max_delay`,
 //! and at the cap the jitter spreads downwards instead of piling every client onto the
 //! same maximum. No delay is below the floor ([`Backoff::min_delay`], by default the
-//! initial delay), so no retry is immediate. [`CapMode::Soft`] lets proportional jitter
-//! reach `max_delay * (1 + spread)`.
+//! initial delay), so no retry is immediate. With that default floor the first retry's
+//! full-jitter window is empty; a large fleet that fails all at once should set a lower
+//! floor so that the first retry is spread too. [`CapMode::Soft`] lets proportional
+//! jitter reach `max_delay * (1 + spread)`.
 //!
 //! # Stop conditions
 //!

@@ -177,8 +177,9 @@ impl Backoff {
     /// AWS SDK standard retry mode: total calls (3).
     pub const AWS_MAX_ATTEMPTS: u32 = 3;
 
-    /// An exponential policy: `initial`, doubled each retry up to 30 s, full jitter,
-    /// at most 5 calls in all, `Retry-After` hints honoured up to 60 s.
+    /// An exponential policy: `initial`, doubled each retry up to 30 s (or up to
+    /// `initial`, if that is longer), full jitter with `initial` as the floor, at most 5
+    /// calls in all, `Retry-After` hints honoured up to 60 s.
     pub fn exponential(initial: Duration) -> Self {
         Self {
             initial,

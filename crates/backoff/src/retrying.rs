@@ -28,6 +28,19 @@ use crate::schedule::Schedule;
 /// implementation; awaiting requires it unless
 /// [`classify_with`](Retry::classify_with) supplies a closure.
 ///
+/// # Errors
+///
+/// The loop resolves to a [`RetryError`] when it gives up: it carries the last error
+/// (if a call failed), the calls made, the time taken and the [`GiveUpReason`]:
+/// a permanent error, the attempt limit, the elapsed-time limit or deadline, an empty
+/// budget, cancellation, a server hint longer than allowed, an ambiguous failure of a
+/// non-idempotent operation, or a policy that fails [`Backoff::validate`] (checked
+/// before the first call).
+///
+/// # Cancel safety
+///
+/// Dropping the future drops the call in flight, if any, and makes no further call.
+///
 /// ```
 /// use std::io;
 /// use std::time::Duration;
