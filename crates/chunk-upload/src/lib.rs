@@ -8,6 +8,8 @@
 //! assert_eq!(parse_offset("42").unwrap(), 42);
 //! ```
 
+#[cfg(feature = "client")]
+pub mod client;
 pub mod id;
 pub mod protocol;
 #[cfg(feature = "server")]
