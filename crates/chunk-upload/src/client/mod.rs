@@ -254,7 +254,9 @@ impl<U: UrlStore> UploaderBuilder<U> {
         self.backoff.validate().map_err(BuildError::Backoff)?;
         let http = match self.http {
             Some(http) => http,
-            None => reqwest::Client::builder().build().map_err(BuildError::Http)?,
+            None => reqwest::Client::builder()
+                .build()
+                .map_err(BuildError::Http)?,
         };
         Ok(Uploader {
             inner: Arc::new(Shared {
@@ -276,7 +278,9 @@ pub struct Uploader<U = MemoryUrlStore> {
 
 impl<U> Clone for Uploader<U> {
     fn clone(&self) -> Self {
-        Self { inner: self.inner.clone() }
+        Self {
+            inner: self.inner.clone(),
+        }
     }
 }
 
@@ -352,7 +356,16 @@ impl<U: UrlStore> Uploader<U> {
     /// [`UploadError::Transport`] or [`UploadError::Status`] when the server cannot be
     /// asked.
     pub async fn capabilities(&self) -> Result<Capabilities, UploadError> {
-        let response = self.inner.send(Method::OPTIONS, self.inner.endpoint.clone(), "OPTIONS", HeaderMap::new(), None).await?;
+        let response = self
+            .inner
+            .send(
+                Method::OPTIONS,
+                self.inner.endpoint.clone(),
+                "OPTIONS",
+                HeaderMap::new(),
+                None,
+            )
+            .await?;
         let status = response.status().as_u16();
         if !(200..300).contains(&status) {
             return Err(status_error("OPTIONS", response).await);
@@ -365,12 +378,19 @@ impl<U: UrlStore> Uploader<U> {
                 .map(|v| protocol::parse_list(v).map(str::to_owned).collect())
                 .unwrap_or_default()
         };
-        let checksums = list(header::TUS_CHECKSUM_ALGORITHM).iter().filter_map(|a| a.parse().ok()).collect();
+        let checksums = list(header::TUS_CHECKSUM_ALGORITHM)
+            .iter()
+            .filter_map(|a| a.parse().ok())
+            .collect();
         let max_size = headers
             .get(header::TUS_MAX_SIZE)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| protocol::parse_max_size(v).ok());
-        Ok(Capabilities { extensions: list(header::TUS_EXTENSION), checksums, max_size })
+        Ok(Capabilities {
+            extensions: list(header::TUS_EXTENSION),
+            checksums,
+            max_size,
+        })
     }
 }
 
@@ -391,7 +411,9 @@ pub struct Upload<U = MemoryUrlStore> {
 
 impl<U> fmt::Debug for Upload<U> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Upload").field("fingerprint", &self.fingerprint).finish_non_exhaustive()
+        f.debug_struct("Upload")
+            .field("fingerprint", &self.fingerprint)
+            .finish_non_exhaustive()
     }
 }
 
@@ -442,22 +464,36 @@ impl<U: UrlStore> Upload<U> {
 
     async fn run_inner(self) -> Result<Uploaded, UploadError> {
         let shared = self.shared.clone();
-        let caps = shared.with_retries("OPTIONS", || async {
-            match (Uploader { inner: shared.clone() }).capabilities().await {
-                Err(UploadError::Status { status, .. }) if status < 500 => Ok(Capabilities::default()),
-                other => other,
-            }
-        })
-        .await?;
+        let caps = shared
+            .with_retries("OPTIONS", || async {
+                match (Uploader {
+                    inner: shared.clone(),
+                })
+                .capabilities()
+                .await
+                {
+                    Err(UploadError::Status { status, .. }) if status < 500 => {
+                        Ok(Capabilities::default())
+                    }
+                    other => other,
+                }
+            })
+            .await?;
         let checksum = choose_checksum(shared.config.checksum, &caps);
 
         let (mut source, fingerprint) = match self.source {
             SourceSpec::File(path) => {
                 let file = FileSource::open(path).await?;
-                let fingerprint = self.fingerprint.clone().unwrap_or_else(|| file.fingerprint(&shared.endpoint));
+                let fingerprint = self
+                    .fingerprint
+                    .clone()
+                    .unwrap_or_else(|| file.fingerprint(&shared.endpoint));
                 (Source::File(file), Some(fingerprint))
             }
-            SourceSpec::Reader(reader, length) => (Source::Reader(ReaderSource::new(reader, length)), self.fingerprint.clone()),
+            SourceSpec::Reader(reader, length) => (
+                Source::Reader(ReaderSource::new(reader, length)),
+                self.fingerprint.clone(),
+            ),
         };
         let length = source.length();
         if let (Some(length), Some(max)) = (length, caps.max_size) {
@@ -467,7 +503,12 @@ impl<U: UrlStore> Upload<U> {
         }
         self.progress.send_modify(|p| p.total = length);
 
-        let ctx = Ctx { shared: shared.clone(), progress: self.progress.clone(), checksum, fingerprint: fingerprint.clone() };
+        let ctx = Ctx {
+            shared: shared.clone(),
+            progress: self.progress.clone(),
+            checksum,
+            fingerprint: fingerprint.clone(),
+        };
         let parallel = shared.config.parallel_parts > 1
             && caps.supports(extension::CONCATENATION)
             && length.is_some_and(|l| l >= u64::from(shared.config.parallel_parts));
@@ -477,7 +518,11 @@ impl<U: UrlStore> Upload<U> {
         };
 
         if let Some(fingerprint) = &fingerprint {
-            shared.url_store.remove(fingerprint).await.map_err(UploadError::UrlStore)?;
+            shared
+                .url_store
+                .remove(fingerprint)
+                .await
+                .map_err(UploadError::UrlStore)?;
         }
         let length = source.length().unwrap_or_default();
         self.progress.send_modify(|p| {
@@ -489,7 +534,10 @@ impl<U: UrlStore> Upload<U> {
     }
 }
 
-fn choose_checksum(preferred: Option<ChecksumAlgorithm>, caps: &Capabilities) -> Option<ChecksumAlgorithm> {
+fn choose_checksum(
+    preferred: Option<ChecksumAlgorithm>,
+    caps: &Capabilities,
+) -> Option<ChecksumAlgorithm> {
     let preferred = preferred?;
     if !caps.supports(extension::CHECKSUM) {
         return None;
@@ -497,7 +545,9 @@ fn choose_checksum(preferred: Option<ChecksumAlgorithm>, caps: &Capabilities) ->
     if caps.checksums.contains(&preferred) {
         return Some(preferred);
     }
-    ChecksumAlgorithm::ALL.into_iter().find(|a| caps.checksums.contains(a))
+    ChecksumAlgorithm::ALL
+        .into_iter()
+        .find(|a| caps.checksums.contains(a))
 }
 
 impl<U: UrlStore> Shared<U> {
@@ -509,7 +559,11 @@ impl<U: UrlStore> Shared<U> {
         headers: HeaderMap,
         body: Option<reqwest::Body>,
     ) -> Result<Response, UploadError> {
-        let mut builder = self.http.request(method, url).headers(self.headers.clone()).headers(headers);
+        let mut builder = self
+            .http
+            .request(method, url)
+            .headers(self.headers.clone())
+            .headers(headers);
         if request != "OPTIONS" {
             builder = builder.header(header::TUS_RESUMABLE, TUS_VERSION);
         }
@@ -519,7 +573,10 @@ impl<U: UrlStore> Shared<U> {
         if let Some(body) = body {
             builder = builder.body(body);
         }
-        builder.send().await.map_err(|source| UploadError::Transport { request, source })
+        builder
+            .send()
+            .await
+            .map_err(|source| UploadError::Transport { request, source })
     }
 
     /// Runs `op` until it succeeds, fails permanently, or the policy gives up.
@@ -559,7 +616,10 @@ fn give_up(attempts: u32, error: UploadError) -> UploadError {
     if error.classify() == ErrorClass::Permanent {
         error
     } else {
-        UploadError::RetriesExhausted { attempts, last: Box::new(error) }
+        UploadError::RetriesExhausted {
+            attempts,
+            last: Box::new(error),
+        }
     }
 }
 
@@ -572,16 +632,26 @@ async fn status_error(request: &'static str, response: Response) -> UploadError 
         .and_then(|v| steadfast_backoff::retry_after::parse_now(v).ok());
     let mut message = response.text().await.unwrap_or_default();
     message.truncate(200);
-    UploadError::Status { request, status, message, retry_after }
+    UploadError::Status {
+        request,
+        status,
+        message,
+        retry_after,
+    }
 }
 
 fn offset_header(request: &'static str, headers: &HeaderMap) -> Result<u64, UploadError> {
     let value = headers
         .get(header::UPLOAD_OFFSET)
-        .ok_or(UploadError::MissingHeader { request, header: "Upload-Offset" })?;
+        .ok_or(UploadError::MissingHeader {
+            request,
+            header: "Upload-Offset",
+        })?;
     let text = value.to_str().map_err(|_| UploadError::InvalidHeader {
         request,
-        source: protocol::HeaderError::NotAscii { header: header::UPLOAD_OFFSET },
+        source: protocol::HeaderError::NotAscii {
+            header: header::UPLOAD_OFFSET,
+        },
     })?;
     protocol::parse_offset(text).map_err(|source| UploadError::InvalidHeader { request, source })
 }
@@ -613,7 +683,12 @@ enum Outcome {
 }
 
 impl<U: UrlStore> Ctx<U> {
-    async fn create(&self, length: Option<u64>, metadata: &Metadata, concat: Option<&Concat>) -> Result<Url, UploadError> {
+    async fn create(
+        &self,
+        length: Option<u64>,
+        metadata: &Metadata,
+        concat: Option<&Concat>,
+    ) -> Result<Url, UploadError> {
         let mut headers = HeaderMap::new();
         match length {
             Some(length) => headers.insert(header::UPLOAD_LENGTH, length.into()),
@@ -635,7 +710,9 @@ impl<U: UrlStore> Ctx<U> {
             .with_retries("POST", || {
                 let headers = headers.clone();
                 async move {
-                    let response = shared.send(Method::POST, shared.endpoint.clone(), "POST", headers, None).await?;
+                    let response = shared
+                        .send(Method::POST, shared.endpoint.clone(), "POST", headers, None)
+                        .await?;
                     if response.status().as_u16() != 201 {
                         return Err(status_error("POST", response).await);
                     }
@@ -643,19 +720,25 @@ impl<U: UrlStore> Ctx<U> {
                         .headers()
                         .get(reqwest::header::LOCATION)
                         .and_then(|v| v.to_str().ok())
-                        .ok_or(UploadError::MissingHeader { request: "POST", header: "Location" });
+                        .ok_or(UploadError::MissingHeader {
+                            request: "POST",
+                            header: "Location",
+                        });
                     // A 201 without Location cannot be resumed, and repeating the POST
                     // would create another upload: stop here.
                     let location = match location {
                         Ok(location) => location,
                         Err(error) => return Err(permanent(error)),
                     };
-                    shared.endpoint.join(location).map_err(|_| UploadError::Status {
-                        request: "POST",
-                        status: 201,
-                        message: "the Location header is not a URL".into(),
-                        retry_after: None,
-                    })
+                    shared
+                        .endpoint
+                        .join(location)
+                        .map_err(|_| UploadError::Status {
+                            request: "POST",
+                            status: 201,
+                            message: "the Location header is not a URL".into(),
+                            retry_after: None,
+                        })
                 }
             })
             .await
@@ -664,7 +747,10 @@ impl<U: UrlStore> Ctx<U> {
 
     /// HEAD: the stored offset, `Err(Gone)` for 404/410.
     async fn head(&self, url: &Url) -> Result<(u64, Option<u64>), UploadError> {
-        let response = self.shared.send(Method::HEAD, url.clone(), "HEAD", HeaderMap::new(), None).await?;
+        let response = self
+            .shared
+            .send(Method::HEAD, url.clone(), "HEAD", HeaderMap::new(), None)
+            .await?;
         let status = response.status().as_u16();
         match status {
             200 | 204 => {
@@ -676,23 +762,37 @@ impl<U: UrlStore> Ctx<U> {
                     .and_then(|v| protocol::parse_length(v).ok());
                 Ok((offset, length))
             }
-            404 | 410 => Err(UploadError::Gone { url: url.to_string(), status }),
+            404 | 410 => Err(UploadError::Gone {
+                url: url.to_string(),
+                status,
+            }),
             _ => Err(status_error("HEAD", response).await),
         }
     }
 
-    async fn sequential(&self, source: &mut Source, metadata: &Metadata) -> Result<String, UploadError> {
+    async fn sequential(
+        &self,
+        source: &mut Source,
+        metadata: &Metadata,
+    ) -> Result<String, UploadError> {
         let length = source.length();
         let acked = Arc::new(AtomicU64::new(0));
 
         // A remembered URL resumes a previous run.
         let stored = match &self.fingerprint {
-            Some(fp) => self.shared.url_store.get(fp).await.map_err(UploadError::UrlStore)?,
+            Some(fp) => self
+                .shared
+                .url_store
+                .get(fp)
+                .await
+                .map_err(UploadError::UrlStore)?,
             None => None,
         };
         let resumed = match stored.and_then(|s| s.url).and_then(|u| Url::parse(&u).ok()) {
             Some(url) => match self.shared.with_retries("HEAD", || self.head(&url)).await {
-                Ok((offset, server_length)) if server_length == length || server_length.is_none() => {
+                Ok((offset, server_length))
+                    if server_length == length || server_length.is_none() =>
+                {
                     debug!(%url, offset, "resuming a previous run");
                     Some((url, offset))
                 }
@@ -708,7 +808,13 @@ impl<U: UrlStore> Ctx<U> {
         acked.store(offset, Ordering::Relaxed);
         self.publish(&acked);
 
-        let mut transfer = Transfer { url, base: 0, length, offset, acked };
+        let mut transfer = Transfer {
+            url,
+            base: 0,
+            length,
+            offset,
+            acked,
+        };
         if length == Some(0) {
             return Ok(transfer.url.to_string());
         }
@@ -716,11 +822,23 @@ impl<U: UrlStore> Ctx<U> {
         Ok(transfer.url.to_string())
     }
 
-    async fn create_and_remember(&self, length: Option<u64>, metadata: &Metadata, concat: Option<&Concat>) -> Result<Url, UploadError> {
+    async fn create_and_remember(
+        &self,
+        length: Option<u64>,
+        metadata: &Metadata,
+        concat: Option<&Concat>,
+    ) -> Result<Url, UploadError> {
         let url = self.create(length, metadata, concat).await?;
         if let (Some(fp), None) = (&self.fingerprint, concat) {
-            let entry = StoredUpload { url: Some(url.to_string()), parts: Vec::new() };
-            self.shared.url_store.put(fp, entry).await.map_err(UploadError::UrlStore)?;
+            let entry = StoredUpload {
+                url: Some(url.to_string()),
+                parts: Vec::new(),
+            };
+            self.shared
+                .url_store
+                .put(fp, entry)
+                .await
+                .map_err(UploadError::UrlStore)?;
         }
         Ok(url)
     }
@@ -745,7 +863,12 @@ impl<U: UrlStore> Ctx<U> {
     }
 
     /// Sends PATCHes until the transfer is complete, recovering from failures.
-    async fn drive(&self, transfer: &mut Transfer, source: &mut Source, metadata: &Metadata) -> Result<(), UploadError> {
+    async fn drive(
+        &self,
+        transfer: &mut Transfer,
+        source: &mut Source,
+        metadata: &Metadata,
+    ) -> Result<(), UploadError> {
         let config = &self.shared.config;
         let mut schedule = self.shared.backoff.schedule();
         let mut failures = 0u32;
@@ -782,9 +905,15 @@ impl<U: UrlStore> Ctx<U> {
                         checksum_failures = (before, 1);
                     }
                     if checksum_failures.1 >= config.max_checksum_attempts {
-                        return Err(UploadError::Checksum { offset: before, attempts: checksum_failures.1 });
+                        return Err(UploadError::Checksum {
+                            offset: before,
+                            attempts: checksum_failures.1,
+                        });
                     }
-                    warn!(offset = before, "checksum rejected; sending the chunk again");
+                    warn!(
+                        offset = before,
+                        "checksum rejected; sending the chunk again"
+                    );
                     continue;
                 }
                 UploadError::Gone { .. } => {
@@ -818,7 +947,11 @@ impl<U: UrlStore> Ctx<U> {
                 }
             };
             if offset < transfer.offset {
-                warn!(reported = offset, acked = transfer.offset, "the server reports fewer bytes than it acknowledged");
+                warn!(
+                    reported = offset,
+                    acked = transfer.offset,
+                    "the server reports fewer bytes than it acknowledged"
+                );
                 transfer.offset = offset;
             } else {
                 self.add_acked(transfer, offset);
@@ -827,12 +960,17 @@ impl<U: UrlStore> Ctx<U> {
                 zero_progress += 1;
                 let warn_now = zero_progress >= config.zero_progress_warning;
                 if warn_now {
-                    warn!(retries = zero_progress, "requests keep failing without progress; is a proxy buffering request bodies?");
+                    warn!(
+                        retries = zero_progress,
+                        "requests keep failing without progress; is a proxy buffering request bodies?"
+                    );
                 }
                 self.progress.send_modify(|p| {
                     p.zero_progress_retries = zero_progress;
                     if warn_now {
-                        p.warning = Some(Warning::NoProgress { retries: zero_progress });
+                        p.warning = Some(Warning::NoProgress {
+                            retries: zero_progress,
+                        });
                     }
                 });
             } else {
@@ -841,22 +979,45 @@ impl<U: UrlStore> Ctx<U> {
         }
     }
 
-    async fn restart(&self, transfer: &mut Transfer, source: &mut Source, metadata: &Metadata, error: UploadError) -> Result<(), UploadError> {
+    async fn restart(
+        &self,
+        transfer: &mut Transfer,
+        source: &mut Source,
+        metadata: &Metadata,
+        error: UploadError,
+    ) -> Result<(), UploadError> {
         if !self.shared.config.restart_if_gone || transfer.base != 0 {
             return Err(error);
         }
         source.rewind_check(0)?;
         warn!(url = %transfer.url, "the upload is gone; starting again from byte 0");
-        transfer.url = self.create_and_remember(transfer.length, metadata, None).await?;
+        transfer.url = self
+            .create_and_remember(transfer.length, metadata, None)
+            .await?;
         transfer.offset = 0;
         Ok(())
     }
 
     /// One PATCH from `transfer.offset`.
-    async fn patch(&self, transfer: &Transfer, source: &mut Source) -> Result<Outcome, UploadError> {
-        let chunk = source.chunk(transfer.base + transfer.offset, self.shared.config.chunk_size, transfer.base.saturating_add(transfer.length.unwrap_or(u64::MAX))).await?;
+    async fn patch(
+        &self,
+        transfer: &Transfer,
+        source: &mut Source,
+    ) -> Result<Outcome, UploadError> {
+        let chunk = source
+            .chunk(
+                transfer.base + transfer.offset,
+                self.shared.config.chunk_size,
+                transfer
+                    .base
+                    .saturating_add(transfer.length.unwrap_or(u64::MAX)),
+            )
+            .await?;
         let mut headers = HeaderMap::new();
-        headers.insert(reqwest::header::CONTENT_TYPE, HeaderValue::from_static(OFFSET_OCTET_STREAM));
+        headers.insert(
+            reqwest::header::CONTENT_TYPE,
+            HeaderValue::from_static(OFFSET_OCTET_STREAM),
+        );
         headers.insert(header::UPLOAD_OFFSET, transfer.offset.into());
         headers.insert(reqwest::header::CONTENT_LENGTH, chunk.len.into());
         let declares_length = transfer.length.is_none() && chunk.last;
@@ -864,15 +1025,25 @@ impl<U: UrlStore> Ctx<U> {
             headers.insert(header::UPLOAD_LENGTH, (transfer.offset + chunk.len).into());
         }
         if let Some(algorithm) = self.checksum {
-            let digest = source.digest(&chunk, algorithm).await?;
+            let digest = Source::digest(source.file(), &chunk, algorithm).await?;
             if let Ok(value) = HeaderValue::from_str(&digest.to_string()) {
                 headers.insert(header::UPLOAD_CHECKSUM, value);
             }
         }
         trace!(offset = transfer.offset, len = chunk.len, "PATCH");
 
-        let body = source.body(&chunk, self.progress.clone()).await?;
-        let response = match self.shared.send(Method::PATCH, transfer.url.clone(), "PATCH", headers, Some(body)).await {
+        let body = Source::body(source.file(), &chunk, self.progress.clone()).await?;
+        let response = match self
+            .shared
+            .send(
+                Method::PATCH,
+                transfer.url.clone(),
+                "PATCH",
+                headers,
+                Some(body),
+            )
+            .await
+        {
             Ok(response) => response,
             Err(error) => return Ok(Outcome::Failed(error)),
         };
@@ -885,28 +1056,46 @@ impl<U: UrlStore> Ctx<U> {
                 };
                 let high = transfer.offset + chunk.len;
                 if offset < transfer.offset || offset > high {
-                    return Ok(Outcome::Failed(UploadError::OffsetOutOfRange { reported: offset, low: transfer.offset, high }));
+                    return Ok(Outcome::Failed(UploadError::OffsetOutOfRange {
+                        reported: offset,
+                        low: transfer.offset,
+                        high,
+                    }));
                 }
                 if declares_length {
                     source.set_length(transfer.base + high);
                 }
                 Ok(Outcome::Advanced(offset))
             }
-            404 | 410 => Ok(Outcome::Failed(UploadError::Gone { url: transfer.url.to_string(), status })),
+            404 | 410 => Ok(Outcome::Failed(UploadError::Gone {
+                url: transfer.url.to_string(),
+                status,
+            })),
             _ => Ok(Outcome::Failed(status_error("PATCH", response).await)),
         }
     }
 
-    async fn parallel(&self, file: &FileSource, metadata: &Metadata) -> Result<String, UploadError> {
+    async fn parallel(
+        &self,
+        file: &FileSource,
+        metadata: &Metadata,
+    ) -> Result<String, UploadError> {
         let length = file.length;
         let parts = u64::from(self.shared.config.parallel_parts);
         let size = length.div_ceil(parts);
-        let ranges: Vec<(u64, u64)> =
-            (0..parts).map(|i| (i * size, ((i + 1) * size).min(length))).filter(|(a, b)| b > a).collect();
+        let ranges: Vec<(u64, u64)> = (0..parts)
+            .map(|i| (i * size, ((i + 1) * size).min(length)))
+            .filter(|(a, b)| b > a)
+            .collect();
 
         // Reuse the parts of a previous run when they still exist.
         let stored = match &self.fingerprint {
-            Some(fp) => self.shared.url_store.get(fp).await.map_err(UploadError::UrlStore)?,
+            Some(fp) => self
+                .shared
+                .url_store
+                .get(fp)
+                .await
+                .map_err(UploadError::UrlStore)?,
             None => None,
         };
         let mut urls: Vec<Url> = stored
@@ -917,7 +1106,9 @@ impl<U: UrlStore> Ctx<U> {
         if reusable {
             for (index, url) in urls.iter().enumerate() {
                 match self.shared.with_retries("HEAD", || self.head(url)).await {
-                    Ok((offset, Some(len))) if len == ranges[index].1 - ranges[index].0 => offsets[index] = offset,
+                    Ok((offset, Some(len))) if len == ranges[index].1 - ranges[index].0 => {
+                        offsets[index] = offset
+                    }
                     Ok(_) | Err(UploadError::Gone { .. }) => reusable = false,
                     Err(other) => return Err(other),
                 }
@@ -927,21 +1118,41 @@ impl<U: UrlStore> Ctx<U> {
             urls.clear();
             offsets.iter_mut().for_each(|o| *o = 0);
             for (start, end) in &ranges {
-                urls.push(self.create(Some(end - start), &Metadata::new(), Some(&Concat::Partial)).await?);
+                urls.push(
+                    self.create(Some(end - start), &Metadata::new(), Some(&Concat::Partial))
+                        .await?,
+                );
             }
             if let Some(fp) = &self.fingerprint {
-                let entry = StoredUpload { url: None, parts: urls.iter().map(Url::to_string).collect() };
-                self.shared.url_store.put(fp, entry).await.map_err(UploadError::UrlStore)?;
+                let entry = StoredUpload {
+                    url: None,
+                    parts: urls.iter().map(Url::to_string).collect(),
+                };
+                self.shared
+                    .url_store
+                    .put(fp, entry)
+                    .await
+                    .map_err(UploadError::UrlStore)?;
             }
         }
 
         let acked = Arc::new(AtomicU64::new(offsets.iter().sum()));
         self.publish(&acked);
-        let tasks = ranges.iter().zip(&urls).zip(&offsets).map(|(((start, end), url), offset)| {
-            let mut transfer = Transfer { url: url.clone(), base: *start, length: Some(end - start), offset: *offset, acked: acked.clone() };
-            let mut source = Source::File(file.clone());
-            async move { self.drive(&mut transfer, &mut source, metadata).await }
-        });
+        let tasks = ranges
+            .iter()
+            .zip(&urls)
+            .zip(&offsets)
+            .map(|(((start, end), url), offset)| {
+                let mut transfer = Transfer {
+                    url: url.clone(),
+                    base: *start,
+                    length: Some(end - start),
+                    offset: *offset,
+                    acked: acked.clone(),
+                };
+                let mut source = Source::File(file.clone());
+                async move { self.drive(&mut transfer, &mut source, metadata).await }
+            });
         for result in futures_util::future::join_all(tasks).await {
             result?;
         }
@@ -954,7 +1165,10 @@ impl<U: UrlStore> Ctx<U> {
 
 /// Marks an error as final for `with_retries`, whatever its class.
 fn permanent(error: UploadError) -> UploadError {
-    UploadError::RetriesExhausted { attempts: 0, last: Box::new(error) }
+    UploadError::RetriesExhausted {
+        attempts: 0,
+        last: Box::new(error),
+    }
 }
 
 fn unwrap_permanent(error: UploadError) -> UploadError {
@@ -990,23 +1204,44 @@ struct FileSource {
 
 impl FileSource {
     async fn open(path: PathBuf) -> Result<Self, UploadError> {
-        let meta = tokio::fs::metadata(&path).await.map_err(|source| UploadError::Source { op: "inspect", source })?;
+        let meta = tokio::fs::metadata(&path)
+            .await
+            .map_err(|source| UploadError::Source {
+                op: "inspect",
+                source,
+            })?;
         let modified = meta
             .modified()
             .ok()
             .and_then(|m| m.duration_since(std::time::UNIX_EPOCH).ok())
             .map_or(0, |d| d.as_nanos());
-        Ok(Self { path, length: meta.len(), modified })
+        Ok(Self {
+            path,
+            length: meta.len(),
+            modified,
+        })
     }
 
     fn fingerprint(&self, endpoint: &Url) -> String {
         let path = std::fs::canonicalize(&self.path).unwrap_or_else(|_| self.path.clone());
-        format!("{endpoint} {} {} {}", path.display(), self.length, self.modified)
+        format!(
+            "{endpoint} {} {} {}",
+            path.display(),
+            self.length,
+            self.modified
+        )
     }
 
     async fn reader_at(&self, start: u64) -> Result<tokio::fs::File, UploadError> {
-        let mut file = tokio::fs::File::open(&self.path).await.map_err(|source| UploadError::Source { op: "open", source })?;
-        file.seek(std::io::SeekFrom::Start(start)).await.map_err(|source| UploadError::Source { op: "seek in", source })?;
+        let mut file = tokio::fs::File::open(&self.path)
+            .await
+            .map_err(|source| UploadError::Source { op: "open", source })?;
+        file.seek(std::io::SeekFrom::Start(start))
+            .await
+            .map_err(|source| UploadError::Source {
+                op: "seek in",
+                source,
+            })?;
         Ok(file)
     }
 }
@@ -1022,7 +1257,13 @@ struct ReaderSource {
 
 impl ReaderSource {
     fn new(reader: Box<dyn AsyncRead + Send + Unpin>, length: Option<u64>) -> Self {
-        Self { reader, length, held: Bytes::new(), held_start: 0, eof: false }
+        Self {
+            reader,
+            length,
+            held: Bytes::new(),
+            held_start: 0,
+            eof: false,
+        }
     }
 }
 
@@ -1036,6 +1277,13 @@ impl Source {
         }
     }
 
+    fn file(&self) -> Option<FileSource> {
+        match self {
+            Self::File(file) => Some(file.clone()),
+            Self::Reader(_) => None,
+        }
+    }
+
     fn set_length(&mut self, length: u64) {
         if let Self::Reader(reader) = self {
             reader.length = Some(length);
@@ -1044,7 +1292,10 @@ impl Source {
 
     fn rewind_check(&self, to: u64) -> Result<(), UploadError> {
         match self {
-            Self::Reader(r) if to < r.held_start => Err(UploadError::SourceNotRewindable { needed: to, held: r.held_start }),
+            Self::Reader(r) if to < r.held_start => Err(UploadError::SourceNotRewindable {
+                needed: to,
+                held: r.held_start,
+            }),
             _ => Ok(()),
         }
     }
@@ -1055,22 +1306,37 @@ impl Source {
             Self::File(file) => {
                 let end = end.min(file.length);
                 let len = end.saturating_sub(start).min(max);
-                Ok(Chunk { start, len, last: start + len >= file.length, bytes: None })
+                Ok(Chunk {
+                    start,
+                    len,
+                    last: start + len >= file.length,
+                    bytes: None,
+                })
             }
             Self::Reader(r) => {
                 if start < r.held_start {
-                    return Err(UploadError::SourceNotRewindable { needed: start, held: r.held_start });
+                    return Err(UploadError::SourceNotRewindable {
+                        needed: start,
+                        held: r.held_start,
+                    });
                 }
                 let held_end = r.held_start + r.held.len() as u64;
                 if start > held_end {
-                    return Err(UploadError::OffsetOutOfRange { reported: start, low: r.held_start, high: held_end });
+                    return Err(UploadError::OffsetOutOfRange {
+                        reported: start,
+                        low: r.held_start,
+                        high: held_end,
+                    });
                 }
                 if start == held_end && !r.eof {
                     let want = usize::try_from(max.min(end - start)).unwrap_or(usize::MAX);
                     let mut buf = BytesMut::with_capacity(want);
                     while buf.len() < want {
                         let mut limited = (&mut r.reader).take((want - buf.len()) as u64);
-                        let read = limited.read_buf(&mut buf).await.map_err(|source| UploadError::Source { op: "read", source })?;
+                        let read = limited
+                            .read_buf(&mut buf)
+                            .await
+                            .map_err(|source| UploadError::Source { op: "read", source })?;
                         if read == 0 {
                             r.eof = true;
                             break;
@@ -1079,7 +1345,11 @@ impl Source {
                     // Probe for the end so the last chunk can declare a deferred length.
                     if !r.eof && r.length.is_none() {
                         let mut probe = [0u8; 1];
-                        let read = r.reader.read(&mut probe).await.map_err(|source| UploadError::Source { op: "read", source })?;
+                        let read = r
+                            .reader
+                            .read(&mut probe)
+                            .await
+                            .map_err(|source| UploadError::Source { op: "read", source })?;
                         if read == 0 {
                             r.eof = true;
                         } else {
@@ -1096,48 +1366,78 @@ impl Source {
                 let bytes = r.held.slice(from..to);
                 if let Some(expected) = r.length {
                     if r.eof && held_end < expected {
-                        return Err(UploadError::SourceLength { expected, actual: held_end });
+                        return Err(UploadError::SourceLength {
+                            expected,
+                            actual: held_end,
+                        });
                     }
                 }
                 let last = r.eof && start + len == held_end;
-                Ok(Chunk { start, len, last, bytes: Some(bytes) })
+                Ok(Chunk {
+                    start,
+                    len,
+                    last,
+                    bytes: Some(bytes),
+                })
             }
         }
     }
 
-    async fn digest(&self, chunk: &Chunk, algorithm: ChecksumAlgorithm) -> Result<Checksum, UploadError> {
+    async fn digest(
+        file: Option<FileSource>,
+        chunk: &Chunk,
+        algorithm: ChecksumAlgorithm,
+    ) -> Result<Checksum, UploadError> {
         if let Some(bytes) = &chunk.bytes {
             return Ok(Checksum::compute(algorithm, bytes));
         }
-        let Self::File(file) = self else { return Ok(Checksum::compute(algorithm, b"")) };
+        let Some(file) = file else {
+            return Ok(Checksum::compute(algorithm, b""));
+        };
         let mut reader = file.reader_at(chunk.start).await?.take(chunk.len);
         let mut hasher = algorithm.hasher();
         let mut buf = vec![0u8; PIECE];
         loop {
-            let read = reader.read(&mut buf).await.map_err(|source| UploadError::Source { op: "read", source })?;
+            let read = reader
+                .read(&mut buf)
+                .await
+                .map_err(|source| UploadError::Source { op: "read", source })?;
             if read == 0 {
                 break;
             }
             hasher.update(&buf[..read]);
         }
-        Ok(Checksum { algorithm, digest: hasher.finish() })
+        Ok(Checksum {
+            algorithm,
+            digest: hasher.finish(),
+        })
     }
 
-    async fn body(&self, chunk: &Chunk, progress: Arc<watch::Sender<Progress>>) -> Result<reqwest::Body, UploadError> {
+    async fn body(
+        file: Option<FileSource>,
+        chunk: &Chunk,
+        progress: Arc<watch::Sender<Progress>>,
+    ) -> Result<reqwest::Body, UploadError> {
         let count = move |piece: &Result<Bytes, std::io::Error>| {
             if let Ok(piece) = piece {
                 let len = piece.len() as u64;
                 progress.send_modify(|p| p.sent = p.sent.saturating_add(len));
             }
         };
-        let stream: Pin<Box<dyn futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send>> = match &chunk.bytes {
+        let stream: Pin<
+            Box<dyn futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send>,
+        > = match &chunk.bytes {
             Some(bytes) => {
                 let bytes = bytes.clone();
-                let pieces = (0..bytes.len()).step_by(PIECE).map(move |at| Ok(bytes.slice(at..(at + PIECE).min(bytes.len()))));
+                let pieces = (0..bytes.len())
+                    .step_by(PIECE)
+                    .map(move |at| Ok(bytes.slice(at..(at + PIECE).min(bytes.len()))));
                 Box::pin(futures_util::stream::iter(pieces.collect::<Vec<_>>()).inspect(count))
             }
             None => {
-                let Self::File(file) = self else { return Ok(reqwest::Body::from(Bytes::new())) };
+                let Some(file) = file else {
+                    return Ok(reqwest::Body::from(Bytes::new()));
+                };
                 let reader = file.reader_at(chunk.start).await?.take(chunk.len);
                 Box::pin(tokio_util::io::ReaderStream::with_capacity(reader, PIECE).inspect(count))
             }

@@ -769,7 +769,7 @@ async fn append<S: Store>(
             }
         },
         (_, Some(_), _) | (_, None, true) => Err(Failure::new(
-            StatusCode::BAD_REQUEST,
+            ending_status(&ending),
             "the request ended before its checksum could be verified; its bytes were discarded",
         )),
         _ => Ok(()),
@@ -800,6 +800,16 @@ async fn append<S: Store>(
         )
         .with_offset(offset)),
         _ => Err(Failure::bad("the request body ended early").with_offset(offset)),
+    }
+}
+
+/// Status for a body that did not arrive whole: the same whether or not bytes were kept,
+/// so a client's recovery (HEAD, then resume) does not depend on checksums.
+fn ending_status(ending: &Ending) -> StatusCode {
+    match ending {
+        Ending::Interrupted => StatusCode::CONFLICT,
+        Ending::Idle => StatusCode::REQUEST_TIMEOUT,
+        _ => StatusCode::BAD_REQUEST,
     }
 }
 
