@@ -180,7 +180,10 @@ where
                 } else {
                     RetryKind::Error
                 };
-                let delay = self.decide(class, kind)?;
+                let Some(delay) = self.decide(class, kind) else {
+                    debug!(attempt = self.attempts, ?class, "tower request not retried");
+                    return None;
+                };
                 debug!(
                     attempt = self.attempts,
                     ?delay,
