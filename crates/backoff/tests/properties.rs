@@ -54,12 +54,23 @@ fn policy() -> impl Strategy<Value = Backoff> {
 fn bounds(policy: &Backoff) -> (Duration, Duration) {
     let floor = policy.min_delay.unwrap_or(policy.initial);
     let ceiling = match (policy.cap, policy.jitter) {
-        (CapMode::Soft, Jitter::Proportional(spread)) => policy
-            .max_delay
-            .saturating_add(policy.max_delay.mul_f64(spread.min(1.0)).min(Duration::MAX)),
+        (CapMode::Soft, Jitter::Proportional(spread)) => {
+            // In integer nanoseconds: `Duration::mul_f64` panics near `Duration::MAX`.
+            let cap = policy.max_delay.as_nanos();
+            let extra = (cap as f64 * spread) as u128;
+            nanos(cap.saturating_add(extra))
+        }
         _ => policy.max_delay,
     };
     (floor, ceiling)
+}
+
+fn nanos(nanos: u128) -> Duration {
+    let secs = u64::try_from(nanos / 1_000_000_000).unwrap_or(u64::MAX);
+    if secs == u64::MAX {
+        return Duration::MAX;
+    }
+    Duration::new(secs, (nanos % 1_000_000_000) as u32)
 }
 
 proptest! {
