@@ -97,6 +97,30 @@ proptest! {
     }
 
     #[test]
+    fn invalid_settings_never_panic(
+        initial in duration(),
+        max_delay in duration(),
+        min_delay in duration(),
+        factor: f64,
+        spread: f64,
+        seed: u64,
+    ) {
+        let policy = Backoff::exponential(initial)
+            .max_delay(max_delay)
+            .min_delay(min_delay)
+            .factor(factor)
+            .unlimited_attempts();
+        let mut rng = SmallRng::seed_from_u64(seed);
+        for jitter in [Jitter::Full, Jitter::Equal, Jitter::Decorrelated, Jitter::Proportional(spread)] {
+            let policy = policy.clone().jitter(jitter);
+            for delay in policy.schedule().with_seed(seed).take(40) {
+                prop_assert!(delay <= max_delay.max(initial).saturating_mul(2));
+            }
+            let _ = policy.delay_for(u32::MAX, &mut rng);
+        }
+    }
+
+    #[test]
     fn same_seed_same_schedule(policy in policy(), seed: u64) {
         let first: Vec<Duration> = policy.schedule().with_seed(seed).take(50).collect();
         let second: Vec<Duration> = policy.schedule().with_seed(seed).take(50).collect();

@@ -78,7 +78,8 @@ pub struct WorkerConfig {
     /// attempts. Default false.
     pub charge_interrupted: bool,
     /// The retry policy for kinds and jobs that set none. Default:
-    /// exponential from 1 s, doubling, capped at 1 h, full jitter.
+    /// exponential from 1 s, doubling, capped at 1 h, full jitter down to
+    /// zero (so jobs that fail together spread their retries).
     pub backoff: Backoff,
     /// A seed for retry jitter, for reproducible runs. Default: none.
     pub seed: Option<u64>,
@@ -97,6 +98,7 @@ impl Default for WorkerConfig {
             cancel_grace: Duration::from_secs(5),
             charge_interrupted: false,
             backoff: Backoff::exponential(Duration::from_secs(1))
+                .min_delay(Duration::ZERO)
                 .factor(2.0)
                 .max_delay(Duration::from_secs(3600))
                 .unlimited_attempts(),
@@ -587,6 +589,7 @@ async fn claim_loop<S: Store>(
         worker: ctx.id.to_string(),
         lease: ctx.config.lease,
     };
+    let mut store_wake = ctx.store.wakeups(&request.queue);
     loop {
         let first = tokio::select! {
             permit = Arc::clone(&slots).acquire_owned() => permit,
@@ -605,6 +608,9 @@ async fn claim_loop<S: Store>(
         let wake = ctx.shared.wake.notified();
         tokio::pin!(wake);
         wake.as_mut().enable();
+        if let Some(rx) = &mut store_wake {
+            rx.borrow_and_update();
+        }
 
         request.limit = permits.len();
         let started = Instant::now();
@@ -632,9 +638,23 @@ async fn claim_loop<S: Store>(
             tokio::select! {
                 () = sleep(ctx.config.poll_interval) => {}
                 () = &mut wake => {}
+                () = store_changed(&mut store_wake) => {}
                 () = stop.cancelled() => return,
             }
         }
+    }
+}
+
+/// Resolves when the store signals new work; never if it cannot.
+async fn store_changed(wake: &mut Option<watch::Receiver<u64>>) {
+    match wake {
+        Some(rx) => {
+            if rx.changed().await.is_err() {
+                *wake = None;
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending().await,
     }
 }
 

@@ -360,9 +360,100 @@ pub trait Store: Send + Sync + 'static {
     ///
     /// [`StoreError`] if the backend fails.
     fn stats(&self) -> impl Future<Output = Result<QueueStats, StoreError>> + Send;
+
+    /// A signal that jobs may have become due in `queue` because of
+    /// something outside this process (a notification from another
+    /// machine). Workers note the current value before each claim and claim
+    /// again as soon as it changes. `None` (the default): the store has no
+    /// such channel and workers rely on in-process wake-ups and polling.
+    fn wakeups(&self, queue: &str) -> Option<tokio::sync::watch::Receiver<u64>> {
+        let _ = queue;
+        None
+    }
 }
 
 /// The history note recorded when a lease expires.
 pub(crate) fn worker_lost_message(worker: &str) -> String {
     format!("worker lost: lease held by {worker} expired without a heartbeat")
+}
+
+/// A shared store is a store: several [`crate::Queue`]s (or a queue and a
+/// test harness) can work on one `Arc`'d store.
+impl<S: Store> Store for std::sync::Arc<S> {
+    fn now(&self) -> Timestamp {
+        (**self).now()
+    }
+
+    fn enqueue(
+        &self,
+        jobs: Vec<NewJob>,
+    ) -> impl Future<Output = Result<Vec<Enqueued>, StoreError>> + Send {
+        (**self).enqueue(jobs)
+    }
+
+    fn claim(
+        &self,
+        req: &ClaimRequest,
+    ) -> impl Future<Output = Result<Vec<JobRecord>, StoreError>> + Send {
+        (**self).claim(req)
+    }
+
+    fn heartbeat(
+        &self,
+        leases: &[LeaseRef],
+        extend: Duration,
+    ) -> impl Future<Output = Result<Vec<bool>, StoreError>> + Send {
+        (**self).heartbeat(leases, extend)
+    }
+
+    fn finish(
+        &self,
+        completions: Vec<Completion>,
+    ) -> impl Future<Output = Result<Vec<FinishResult>, StoreError>> + Send {
+        (**self).finish(completions)
+    }
+
+    fn rescue_expired(
+        &self,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<Rescued>, StoreError>> + Send {
+        (**self).rescue_expired(limit)
+    }
+
+    fn get(&self, id: JobId) -> impl Future<Output = Result<Option<JobRecord>, StoreError>> + Send {
+        (**self).get(id)
+    }
+
+    fn list(
+        &self,
+        filter: &ListFilter,
+    ) -> impl Future<Output = Result<Vec<JobRecord>, StoreError>> + Send {
+        (**self).list(filter)
+    }
+
+    fn redrive(
+        &self,
+        ids: &[JobId],
+    ) -> impl Future<Output = Result<Vec<Redrive>, StoreError>> + Send {
+        (**self).redrive(ids)
+    }
+
+    fn purge_dead(&self, which: &Purge) -> impl Future<Output = Result<u64, StoreError>> + Send {
+        (**self).purge_dead(which)
+    }
+
+    fn cancel(
+        &self,
+        ids: &[JobId],
+    ) -> impl Future<Output = Result<Vec<Cancel>, StoreError>> + Send {
+        (**self).cancel(ids)
+    }
+
+    fn stats(&self) -> impl Future<Output = Result<QueueStats, StoreError>> + Send {
+        (**self).stats()
+    }
+
+    fn wakeups(&self, queue: &str) -> Option<tokio::sync::watch::Receiver<u64>> {
+        (**self).wakeups(queue)
+    }
 }
