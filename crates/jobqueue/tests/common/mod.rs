@@ -58,13 +58,13 @@ macro_rules! on_both_stores {
         mod $name {
             #[tokio::test(start_paused = true)]
             async fn memory() {
-                crate::common::scenarios::$name(crate::common::memory()).await;
+                $crate::common::scenarios::$name($crate::common::memory()).await;
             }
 
             #[tokio::test(start_paused = true)]
             async fn sqlite() {
-                let (store, _dir) = crate::common::sqlite().await;
-                crate::common::scenarios::$name(store).await;
+                let (store, _dir) = $crate::common::sqlite().await;
+                $crate::common::scenarios::$name(store).await;
             }
         }
     };
