@@ -152,7 +152,9 @@ impl Classify for io::Error {
 }
 
 impl Classify for tokio::time::error::Elapsed {
-    /// A `tokio::time::timeout` that fired: transient, and a timeout.
+    /// A `tokio::time::timeout` that fired: transient, and a timeout. When the
+    /// timed-out call may already have taken effect and is not idempotent, map it to
+    /// [`ErrorClass::Ambiguous`] in your own classifier instead.
     fn classify(&self) -> ErrorClass {
         ErrorClass::Transient
     }
