@@ -54,6 +54,7 @@ use crate::schedule::Schedule;
 /// assert_eq!(response, 42);
 /// # }
 /// ```
+// Not yet: classifying `Ok` responses (an HTTP 503 as a response) and an outer deadline.
 #[derive(Clone, Debug)]
 pub struct TowerPolicy<C = ByTrait> {
     policy: Backoff,
