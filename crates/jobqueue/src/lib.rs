@@ -94,6 +94,8 @@ pub use job::{
 };
 pub use queue::{CounterSnapshot, Event, Queue};
 pub use store::memory::InMemoryStore;
+#[cfg(feature = "postgres")]
+pub use store::postgres::{PostgresConfig, PostgresStore, PostgresStoreBuilder};
 #[cfg(feature = "sqlite")]
 pub use store::sqlite::SqliteStore;
 pub use store::{

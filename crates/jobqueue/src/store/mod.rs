@@ -29,6 +29,8 @@ use crate::error::{LeaseLost, StoreError};
 use crate::job::{FailureKind, JobId, JobRecord, JobState, NewJob};
 
 pub mod memory;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 
