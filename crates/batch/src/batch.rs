@@ -3,35 +3,41 @@
 use std::fmt::Display;
 use std::future::Future;
 use std::num::NonZeroUsize;
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::Stream;
 use futures_util::stream::{self, Iter};
+use steadfast_backoff::{Backoff, Classifier, ErrorClass, RetryBudget};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{BatchConfig, BuildError, CancelMode, ErrorPolicy, Order};
-use crate::driver::{Attempt, Driver, DriverParts, ItemFuture, KeyFn, MakeItem};
+use crate::driver::{Driver, DriverParts, KeyFn, MakeItem};
 use crate::progress::{Progress, ProgressWatch};
+use crate::retry::{NoRetry, Retrying, once, retrying};
 use crate::run::BatchRun;
 
 /// A configured runner for processing many items with bounded concurrency.
 ///
 /// Build one with [`Batch::builder`] (or [`Batch::new`] from a [`BatchConfig`]), then start
-/// any number of runs with [`run`](Self::run) or [`run_stream`](Self::run_stream).
+/// any number of runs with [`run`](Self::run) or [`run_stream`](Self::run_stream). `R` says
+/// whether failed items are retried: [`NoRetry`] (the default) or [`Retrying`], set by
+/// [`BatchBuilder::retry`]. Retrying runs need items that are `Clone`, since each attempt
+/// gets its own copy.
 #[derive(Debug, Clone)]
-pub struct Batch {
+pub struct Batch<R = NoRetry> {
     config: BatchConfig,
     cancel: Option<CancellationToken>,
+    retry: R,
 }
 
 /// Builds a [`Batch`]; every setter starts from the [`BatchConfig`] default.
 #[derive(Debug, Clone, Default)]
 #[must_use = "a builder does nothing until `build` is called"]
-pub struct BatchBuilder {
+pub struct BatchBuilder<R = NoRetry> {
     config: BatchConfig,
     cancel: Option<CancellationToken>,
+    retry: R,
 }
 
 impl Batch {
@@ -40,7 +46,7 @@ impl Batch {
         BatchBuilder::default()
     }
 
-    /// A runner with these settings.
+    /// A runner with these settings and no retry.
     ///
     /// # Errors
     ///
@@ -48,12 +54,49 @@ impl Batch {
     pub fn new(config: BatchConfig) -> Result<Self, BuildError> {
         Self::builder().config(config).build()
     }
+}
 
+impl<R> Batch<R> {
     /// The settings of this runner.
     pub fn config(&self) -> &BatchConfig {
         &self.config
     }
 
+    fn start<S, V, E>(
+        &self,
+        input: S,
+        key: Option<KeyFn<S::Item>>,
+        make: impl FnOnce(CancellationToken) -> MakeItem<S::Item, V, E>,
+    ) -> BatchRun<S, V, E>
+    where
+        S: Stream + Unpin + Send + 'static,
+        S::Item: Send + 'static,
+        V: Send + 'static,
+        E: Display + Send + 'static,
+    {
+        let cancel = match &self.cancel {
+            Some(parent) => parent.child_token(),
+            None => CancellationToken::new(),
+        };
+        let (results_tx, results_rx) = mpsc::channel(self.config.buffer.get());
+        let (progress_tx, progress_rx) = watch::channel(Progress::default());
+
+        let driver = Driver::new(DriverParts {
+            config: self.config.clone(),
+            input,
+            make: make(cancel.clone()),
+            key,
+            results: results_tx,
+            progress: progress_tx,
+            cancel: cancel.clone(),
+        });
+        let handle = tokio::spawn(driver.run());
+
+        BatchRun::new(results_rx, handle, ProgressWatch::new(progress_rx), cancel)
+    }
+}
+
+impl Batch<NoRetry> {
     /// Starts processing every item of `input` with `work`, pulling items only as slots
     /// free up.
     ///
@@ -70,7 +113,8 @@ impl Batch {
         V: Send + 'static,
         E: Display + Send + 'static,
     {
-        self.start(stream::iter(input), None, work)
+        let timeout = self.config.item_timeout;
+        self.start(stream::iter(input), None, |_| once(work, timeout))
     }
 
     /// As [`run`](Self::run), giving each item a key (an id, a path) that its result and
@@ -95,7 +139,10 @@ impl Batch {
         V: Send + 'static,
         E: Display + Send + 'static,
     {
-        self.start(stream::iter(input), Some(Box::new(key)), work)
+        let timeout = self.config.item_timeout;
+        self.start(stream::iter(input), Some(Box::new(key)), |_| {
+            once(work, timeout)
+        })
     }
 
     /// Starts processing every item of a stream with `work`, polling the stream only as
@@ -113,7 +160,8 @@ impl Batch {
         V: Send + 'static,
         E: Display + Send + 'static,
     {
-        self.start(input, None, work)
+        let timeout = self.config.item_timeout;
+        self.start(input, None, |_| once(work, timeout))
     }
 
     /// As [`run_stream`](Self::run_stream), with a key for each item.
@@ -136,46 +184,113 @@ impl Batch {
         V: Send + 'static,
         E: Display + Send + 'static,
     {
-        self.start(input, Some(Box::new(key)), work)
+        let timeout = self.config.item_timeout;
+        self.start(input, Some(Box::new(key)), |_| once(work, timeout))
+    }
+}
+
+impl<C> Batch<Retrying<C>> {
+    /// Starts processing every item of `input` with `work`, retrying failed attempts with
+    /// the runner's backoff policy; each attempt gets a clone of the item.
+    ///
+    /// # Panics
+    ///
+    /// Panics when called outside a Tokio runtime, as `tokio::spawn` does.
+    pub fn run<I, F, Fut, V, E>(&self, input: I, work: F) -> BatchRun<Iter<I::IntoIter>, V, E>
+    where
+        I: IntoIterator,
+        I::IntoIter: Send + 'static,
+        I::Item: Clone + Send + 'static,
+        F: Fn(I::Item) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<V, E>> + Send + 'static,
+        V: Send + 'static,
+        E: Display + Send + 'static,
+        C: Classifier<E> + Clone + Send + Sync + 'static,
+    {
+        let timeout = self.config.item_timeout;
+        self.start(stream::iter(input), None, |cancel| {
+            retrying(work, timeout, &self.retry, cancel)
+        })
     }
 
-    fn start<S, F, Fut, V, E>(
+    /// As [`run`](Self::run), with a key for each item.
+    ///
+    /// # Panics
+    ///
+    /// Panics when called outside a Tokio runtime, as `tokio::spawn` does.
+    pub fn run_keyed<I, K, F, Fut, V, E>(
         &self,
-        input: S,
-        key: Option<KeyFn<S::Item>>,
+        input: I,
+        key: K,
         work: F,
-    ) -> BatchRun<S, V, E>
+    ) -> BatchRun<Iter<I::IntoIter>, V, E>
+    where
+        I: IntoIterator,
+        I::IntoIter: Send + 'static,
+        I::Item: Clone + Send + 'static,
+        K: Fn(&I::Item) -> String + Send + Sync + 'static,
+        F: Fn(I::Item) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<V, E>> + Send + 'static,
+        V: Send + 'static,
+        E: Display + Send + 'static,
+        C: Classifier<E> + Clone + Send + Sync + 'static,
+    {
+        let timeout = self.config.item_timeout;
+        self.start(stream::iter(input), Some(Box::new(key)), |cancel| {
+            retrying(work, timeout, &self.retry, cancel)
+        })
+    }
+
+    /// As [`run`](Self::run), over a stream.
+    ///
+    /// # Panics
+    ///
+    /// Panics when called outside a Tokio runtime, as `tokio::spawn` does.
+    pub fn run_stream<S, F, Fut, V, E>(&self, input: S, work: F) -> BatchRun<S, V, E>
     where
         S: Stream + Unpin + Send + 'static,
-        S::Item: Send + 'static,
+        S::Item: Clone + Send + 'static,
         F: Fn(S::Item) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<V, E>> + Send + 'static,
         V: Send + 'static,
         E: Display + Send + 'static,
+        C: Classifier<E> + Clone + Send + Sync + 'static,
     {
-        let cancel = match &self.cancel {
-            Some(parent) => parent.child_token(),
-            None => CancellationToken::new(),
-        };
-        let (results_tx, results_rx) = mpsc::channel(self.config.buffer.get());
-        let (progress_tx, progress_rx) = watch::channel(Progress::default());
+        let timeout = self.config.item_timeout;
+        self.start(input, None, |cancel| {
+            retrying(work, timeout, &self.retry, cancel)
+        })
+    }
 
-        let driver = Driver::new(DriverParts {
-            config: self.config.clone(),
-            input,
-            make: once(work, self.config.item_timeout),
-            key,
-            results: results_tx,
-            progress: progress_tx,
-            cancel: cancel.clone(),
-        });
-        let handle = tokio::spawn(driver.run());
-
-        BatchRun::new(results_rx, handle, ProgressWatch::new(progress_rx), cancel)
+    /// As [`run_stream`](Self::run_stream), with a key for each item.
+    ///
+    /// # Panics
+    ///
+    /// Panics when called outside a Tokio runtime, as `tokio::spawn` does.
+    pub fn run_stream_keyed<S, K, F, Fut, V, E>(
+        &self,
+        input: S,
+        key: K,
+        work: F,
+    ) -> BatchRun<S, V, E>
+    where
+        S: Stream + Unpin + Send + 'static,
+        S::Item: Clone + Send + 'static,
+        K: Fn(&S::Item) -> String + Send + Sync + 'static,
+        F: Fn(S::Item) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<V, E>> + Send + 'static,
+        V: Send + 'static,
+        E: Display + Send + 'static,
+        C: Classifier<E> + Clone + Send + Sync + 'static,
+    {
+        let timeout = self.config.item_timeout;
+        self.start(input, Some(Box::new(key)), |cancel| {
+            retrying(work, timeout, &self.retry, cancel)
+        })
     }
 }
 
-impl BatchBuilder {
+impl<R> BatchBuilder<R> {
     /// Replaces every setting with `config`.
     pub fn config(mut self, config: BatchConfig) -> Self {
         self.config = config;
@@ -206,7 +321,8 @@ impl BatchBuilder {
         self
     }
 
-    /// Longest an item may run, counted from its own start (default: no limit).
+    /// Longest an item (each attempt, when retrying) may run, counted from its own start
+    /// (default: no limit).
     pub fn item_timeout(mut self, timeout: Duration) -> Self {
         self.config.item_timeout = Some(timeout);
         self
@@ -241,6 +357,24 @@ impl BatchBuilder {
         self.cancel = Some(token);
         self
     }
+}
+
+impl BatchBuilder<NoRetry> {
+    /// Retries failed items with `policy` (classified through
+    /// [`steadfast_backoff::Classify`] until [`classify_with`](Self::classify_with) says
+    /// otherwise).
+    pub fn retry(self, policy: Backoff) -> BatchBuilder<Retrying> {
+        BatchBuilder {
+            config: self.config,
+            cancel: self.cancel,
+            retry: Retrying {
+                policy,
+                budget: None,
+                classifier: steadfast_backoff::ByTrait,
+                idempotent: false,
+            },
+        }
+    }
 
     /// Checks the settings and builds the runner.
     ///
@@ -249,34 +383,61 @@ impl BatchBuilder {
     /// A [`BuildError`] naming the setting that cannot work.
     pub fn build(self) -> Result<Batch, BuildError> {
         self.config.validate()?;
-        Ok(Batch { config: self.config, cancel: self.cancel })
+        Ok(Batch {
+            config: self.config,
+            cancel: self.cancel,
+            retry: NoRetry,
+        })
     }
 }
 
-/// Runs each item once, within the per-item timeout when there is one.
-///
-/// The work function itself is called inside the spawned task, so a panic in it ends only
-/// that item, and the timeout clock starts when the item does.
-fn once<T, F, Fut, V, E>(work: F, timeout: Option<Duration>) -> MakeItem<T, V, E>
-where
-    T: Send + 'static,
-    F: Fn(T) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Result<V, E>> + Send + 'static,
-    V: Send + 'static,
-    E: Send + 'static,
-{
-    let work = Arc::new(work);
-    Box::new(move |item| -> ItemFuture<V, E> {
-        let work = Arc::clone(&work);
-        Box::pin(async move {
-            let future = work(item);
-            match timeout {
-                Some(limit) => match tokio::time::timeout(limit, future).await {
-                    Ok(result) => result.map_err(Attempt::Error),
-                    Err(_) => Err(Attempt::TimedOut),
-                },
-                None => future.await.map_err(Attempt::Error),
-            }
+impl<C> BatchBuilder<Retrying<C>> {
+    /// The retry budget the runs draw from. Clones of one budget share it, so passing the
+    /// same budget to several runners makes them share it too. Without one, each run gets
+    /// its own [`RetryBudget::default`].
+    pub fn retry_budget(mut self, budget: RetryBudget) -> Self {
+        self.retry.budget = Some(budget);
+        self
+    }
+
+    /// Whether an attempt that timed out may be repeated (default `false`): a timeout
+    /// leaves it unknown whether the work took effect, so it is retried only when doing
+    /// it twice is harmless.
+    pub fn idempotent(mut self, idempotent: bool) -> Self {
+        self.retry.idempotent = idempotent;
+        self
+    }
+
+    /// Classifies errors with `classifier` (cloned for each item) instead of the
+    /// [`Classify`](steadfast_backoff::Classify) trait.
+    pub fn classify_with<E, C2>(self, classifier: C2) -> BatchBuilder<Retrying<C2>>
+    where
+        C2: FnMut(&E) -> ErrorClass + Clone + Send + Sync + 'static,
+    {
+        BatchBuilder {
+            config: self.config,
+            cancel: self.cancel,
+            retry: Retrying {
+                policy: self.retry.policy,
+                budget: self.retry.budget,
+                classifier,
+                idempotent: self.retry.idempotent,
+            },
+        }
+    }
+
+    /// Checks the settings, the backoff policy included, and builds the runner.
+    ///
+    /// # Errors
+    ///
+    /// A [`BuildError`] naming the setting that cannot work.
+    pub fn build(self) -> Result<Batch<Retrying<C>>, BuildError> {
+        self.config.validate()?;
+        self.retry.policy.validate().map_err(BuildError::Retry)?;
+        Ok(Batch {
+            config: self.config,
+            cancel: self.cancel,
+            retry: self.retry,
         })
-    })
+    }
 }

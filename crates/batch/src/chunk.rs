@@ -119,8 +119,10 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn full_chunks_come_out_at_once_and_the_rest_at_the_end() {
         let size = NonZeroUsize::new(3).expect("three");
-        let chunks: Vec<Vec<u32>> =
-            stream::iter(0..7).chunks_by(size, Duration::from_secs(1)).collect().await;
+        let chunks: Vec<Vec<u32>> = stream::iter(0..7)
+            .chunks_by(size, Duration::from_secs(1))
+            .collect()
+            .await;
 
         assert_eq!(chunks, vec![vec![0, 1, 2], vec![3, 4, 5], vec![6]]);
     }
@@ -129,7 +131,10 @@ mod tests {
     async fn a_partial_chunk_comes_out_after_the_wait() {
         let (tx, rx) = tokio::sync::mpsc::channel(8);
         let input = stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|v| (v, rx)) });
-        let mut chunks = Box::pin(input.chunks_by(NonZeroUsize::new(10).expect("ten"), Duration::from_millis(50)));
+        let mut chunks = Box::pin(input.chunks_by(
+            NonZeroUsize::new(10).expect("ten"),
+            Duration::from_millis(50),
+        ));
         let start = Instant::now();
 
         tx.send(1).await.expect("open");

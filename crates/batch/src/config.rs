@@ -106,6 +106,9 @@ pub enum BuildError {
     /// The per-item timeout is zero, so no item could ever finish.
     #[error("per-item timeout must be above zero")]
     ZeroTimeout,
+    /// The retry policy breaks one of its rules.
+    #[error("the retry policy is invalid")]
+    Retry(#[source] steadfast_backoff::BuildError),
 }
 
 impl Default for BatchConfig {
@@ -127,7 +130,9 @@ impl Default for BatchConfig {
 impl Default for CancelMode {
     /// Graceful, with 30 s for running items to finish.
     fn default() -> Self {
-        Self::Graceful { grace: Duration::from_secs(30) }
+        Self::Graceful {
+            grace: Duration::from_secs(30),
+        }
     }
 }
 
@@ -166,16 +171,25 @@ mod tests {
 
     #[test]
     fn bad_settings_are_named() {
-        let rate = BatchConfig { rate_limit: Some(f64::NAN), ..BatchConfig::default() };
+        let rate = BatchConfig {
+            rate_limit: Some(f64::NAN),
+            ..BatchConfig::default()
+        };
         assert!(matches!(rate.validate(), Err(BuildError::RateLimit(_))));
 
         let ratio = BatchConfig {
-            policy: ErrorPolicy::StopAboveRatio { max: 1.5, min_items: 0 },
+            policy: ErrorPolicy::StopAboveRatio {
+                max: 1.5,
+                min_items: 0,
+            },
             ..BatchConfig::default()
         };
         assert_eq!(ratio.validate(), Err(BuildError::FailureRatio(1.5)));
 
-        let timeout = BatchConfig { item_timeout: Some(Duration::ZERO), ..BatchConfig::default() };
+        let timeout = BatchConfig {
+            item_timeout: Some(Duration::ZERO),
+            ..BatchConfig::default()
+        };
         assert_eq!(timeout.validate(), Err(BuildError::ZeroTimeout));
     }
 }

@@ -26,6 +26,8 @@ use crate::report::{ItemRecord, Report, StopReason};
 pub(crate) enum Attempt<E> {
     Error(E),
     TimedOut,
+    /// The run was cancelled while the item waited to retry.
+    Cancelled,
 }
 
 /// The future one item runs as, spawned onto the runtime.
@@ -146,14 +148,22 @@ where
             "batch run started"
         );
 
-        while !self.is_done() {
+        loop {
+            // Flushing first matters: once the last results are handed over the run is
+            // done, and nothing would wake the loop to notice it.
             self.flush();
+            if self.is_done() {
+                break;
+            }
+
             let now = Instant::now();
             let can_start = self.can_start();
             let rate_wait = can_start && self.next_start.is_some_and(|at| at > now);
             let next_start = self.next_start;
             let deadline = self.stop_deadline;
-            let publish_at = self.dirty.then(|| self.last_publish + self.config.progress_interval);
+            let publish_at = self
+                .dirty
+                .then(|| self.last_publish + self.config.progress_interval);
             let mut only_a_tick = false;
 
             tokio::select! {
@@ -233,7 +243,14 @@ where
         let key = self.key.as_ref().map(|key| key(&item));
         let handle = self.tasks.spawn((self.make)(item));
         let now = Instant::now();
-        self.running.insert(handle.id(), Running { index, key, started: now });
+        self.running.insert(
+            handle.id(),
+            Running {
+                index,
+                key,
+                started: now,
+            },
+        );
 
         if let Some(period) = self.rate_period {
             self.next_start = Some(now + period);
@@ -255,6 +272,7 @@ where
             Ok(Ok(value)) => Outcome::Succeeded(value),
             Ok(Err(Attempt::Error(error))) => self.judge(Failure::Error(error)),
             Ok(Err(Attempt::TimedOut)) => self.judge(Failure::TimedOut),
+            Ok(Err(Attempt::Cancelled)) => Outcome::Cancelled,
             Err(error) if error.is_panic() => {
                 self.judge(Failure::Panic(panic_message(error.into_panic())))
             }
@@ -316,10 +334,19 @@ where
             }
             _ => None,
         };
-        let key = if kind == OutcomeKind::Succeeded { None } else { running.key.clone() };
+        let key = if kind == OutcomeKind::Succeeded {
+            None
+        } else {
+            running.key.clone()
+        };
 
         trace!(index = running.index, ?kind, "item ended");
-        self.report.record(ItemRecord { index: running.index, key, kind, detail });
+        self.report.record(ItemRecord {
+            index: running.index,
+            key,
+            kind,
+            detail,
+        });
     }
 
     fn queue(&mut self, result: ItemResult<V, E>) {

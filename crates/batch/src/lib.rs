@@ -62,6 +62,7 @@ mod driver;
 mod outcome;
 mod progress;
 mod report;
+mod retry;
 mod run;
 
 pub use batch::{Batch, BatchBuilder};
@@ -70,5 +71,6 @@ pub use config::{BatchConfig, BuildError, CancelMode, ErrorPolicy, Order};
 pub use outcome::{Failure, ItemResult, Outcome, OutcomeKind};
 pub use progress::{Progress, ProgressWatch};
 pub use report::{Counts, ItemRecord, Report, StopReason};
+pub use retry::{NoRetry, Retrying};
 pub use run::{BatchError, BatchRun, Finished};
 pub use tokio_util::sync::CancellationToken;

@@ -50,7 +50,11 @@ impl Progress {
     /// Items ended per second since the start, or zero before any time has passed.
     pub fn throughput(&self) -> f64 {
         let seconds = self.elapsed.as_secs_f64();
-        if seconds > 0.0 { self.ended() as f64 / seconds } else { 0.0 }
+        if seconds > 0.0 {
+            self.ended() as f64 / seconds
+        } else {
+            0.0
+        }
     }
 
     /// Estimated time until the run ends, from the throughput so far; `None` when the
@@ -100,7 +104,11 @@ mod tests {
     #[test]
     fn eta_follows_throughput() {
         let progress = Progress {
-            counts: Counts { succeeded: 40, failed: 10, ..Counts::default() },
+            counts: Counts {
+                succeeded: 40,
+                failed: 10,
+                ..Counts::default()
+            },
             elapsed: Duration::from_secs(10),
             total: Some(100),
             ..Progress::default()
@@ -115,7 +123,10 @@ mod tests {
     #[test]
     fn eta_is_unknown_without_a_total_or_throughput() {
         assert_eq!(Progress::default().eta(), None);
-        let unknown = Progress { elapsed: Duration::from_secs(1), ..Progress::default() };
+        let unknown = Progress {
+            elapsed: Duration::from_secs(1),
+            ..Progress::default()
+        };
         assert_eq!(unknown.eta(), None);
     }
 }

@@ -194,9 +194,18 @@ impl Report {
 
     /// Every item the report accounts for, once each, in index order, with its kind.
     pub fn entries(&self) -> impl Iterator<Item = (u64, OutcomeKind)> + '_ {
-        let succeeded = self.succeeded.iter().map(|index| (index, OutcomeKind::Succeeded));
-        let not_started = self.not_started.iter().map(|index| (index, OutcomeKind::NotStarted));
-        let records = self.records.values().map(|record| (record.index, record.kind));
+        let succeeded = self
+            .succeeded
+            .iter()
+            .map(|index| (index, OutcomeKind::Succeeded));
+        let not_started = self
+            .not_started
+            .iter()
+            .map(|index| (index, OutcomeKind::NotStarted));
+        let records = self
+            .records
+            .values()
+            .map(|record| (record.index, record.kind));
         MergeByIndex::new(MergeByIndex::new(succeeded, not_started), records)
     }
 
@@ -233,10 +242,16 @@ impl fmt::Display for StopReason {
             Self::FirstFailure => f.write_str("an item failed and the policy stops at the first"),
             Self::FailureCount { limit } => write!(f, "{limit} items failed, the policy's limit"),
             Self::FailureRatio { observed, max } => {
-                write!(f, "failure ratio {observed:.3} rose above the allowed {max:.3}")
+                write!(
+                    f,
+                    "failure ratio {observed:.3} rose above the allowed {max:.3}"
+                )
             }
             Self::SkipLimit { limit } => {
-                write!(f, "more items failed than the {limit} the skip policy allows")
+                write!(
+                    f,
+                    "more items failed than the {limit} the skip policy allows"
+                )
             }
             Self::ConsumerGone => f.write_str("the consumer dropped the run"),
         }
@@ -296,7 +311,10 @@ where
     B: Iterator<Item = (u64, OutcomeKind)>,
 {
     fn new(left: A, right: B) -> Self {
-        Self { left: left.peekable(), right: right.peekable() }
+        Self {
+            left: left.peekable(),
+            right: right.peekable(),
+        }
     }
 }
 

@@ -61,7 +61,12 @@ impl<S, V, E> BatchRun<S, V, E> {
         progress: ProgressWatch,
         cancel: CancellationToken,
     ) -> Self {
-        Self { results, driver, progress, cancel }
+        Self {
+            results,
+            driver,
+            progress,
+            cancel,
+        }
     }
 
     /// A handle on the run's progress, to poll or to watch.
@@ -97,9 +102,10 @@ impl<S, V, E> BatchRun<S, V, E> {
         };
         match finished.report.stop_reason() {
             Some(StopReason::Cancelled) | None => Ok(finished),
-            Some(reason) => {
-                Err(BatchError::Stopped { reason: reason.clone(), finished: Box::new(finished) })
-            }
+            Some(reason) => Err(BatchError::Stopped {
+                reason: reason.clone(),
+                finished: Box::new(finished),
+            }),
         }
     }
 
@@ -137,7 +143,9 @@ impl<S, V, E> Drop for BatchRun<S, V, E> {
 
 impl<S, V, E> fmt::Debug for BatchRun<S, V, E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("BatchRun").field("progress", &self.progress.snapshot()).finish()
+        f.debug_struct("BatchRun")
+            .field("progress", &self.progress.snapshot())
+            .finish()
     }
 }
 

@@ -25,7 +25,10 @@ async fn hold_permit(permit: Arc<Semaphore>) -> Result<(), Infallible> {
 #[tokio::test(start_paused = true)]
 async fn ba_01_items_and_a_slow_consumer_share_one_permit_without_deadlock() {
     let permit = Arc::new(Semaphore::new(1));
-    let batch = Batch::builder().concurrency(nz(4)).build().expect("valid settings");
+    let batch = Batch::builder()
+        .concurrency(nz(4))
+        .build()
+        .expect("valid settings");
     let start = Instant::now();
 
     let for_items = Arc::clone(&permit);
@@ -39,11 +42,21 @@ async fn ba_01_items_and_a_slow_consumer_share_one_permit_without_deadlock() {
         }
         successes
     };
-    let successes = timeout(Duration::from_secs(10), read_all).await.expect("no deadlock");
+    let successes = timeout(Duration::from_secs(10), read_all)
+        .await
+        .expect("no deadlock");
 
     assert_eq!(successes, 100);
-    assert!(start.elapsed() <= Duration::from_secs(10), "took {:?}", start.elapsed());
-    let report = run.finish().await.expect("the run ends normally").into_report();
+    assert!(
+        start.elapsed() <= Duration::from_secs(10),
+        "took {:?}",
+        start.elapsed()
+    );
+    let report = run
+        .finish()
+        .await
+        .expect("the run ends normally")
+        .into_report();
     assert_eq!(report.counts().succeeded, 100);
     assert_eq!(report.total(), 100);
 }
@@ -70,8 +83,16 @@ async fn ba_01_an_items_clock_runs_only_while_the_item_runs() {
     }
 
     assert_eq!(outcomes.len(), 20);
-    assert!(outcomes.iter().all(|outcome| matches!(outcome, Outcome::Succeeded(()))));
-    let report = run.finish().await.expect("the run ends normally").into_report();
+    assert!(
+        outcomes
+            .iter()
+            .all(|outcome| matches!(outcome, Outcome::Succeeded(())))
+    );
+    let report = run
+        .finish()
+        .await
+        .expect("the run ends normally")
+        .into_report();
     assert_eq!(report.counts().timed_out, 0);
     assert_eq!(report.counts().succeeded, 20);
 }
@@ -101,6 +122,8 @@ async fn ba_01_contrast_buffer_unordered_deadlocks_on_the_shared_permit() {
         successes
     };
 
-    let successes = timeout(Duration::from_secs(10), read_all).await.expect("no deadlock");
+    let successes = timeout(Duration::from_secs(10), read_all)
+        .await
+        .expect("no deadlock");
     assert_eq!(successes, 100);
 }

@@ -38,21 +38,38 @@ async fn ba_02_a_panicking_item_is_reported_and_the_run_goes_on() {
         .run(0..100u64, move |index| item(index, Arc::clone(&counter)));
 
     let (results, finished) = run.collect_all().await;
-    let report = finished.expect("collecting every outcome ends normally").into_report();
+    let report = finished
+        .expect("collecting every outcome ends normally")
+        .into_report();
 
     assert_eq!(results.len(), 100);
-    let successes = results.iter().filter(|result| result.outcome.is_success()).count();
+    let successes = results
+        .iter()
+        .filter(|result| result.outcome.is_success())
+        .count();
     assert_eq!(successes, 98);
-    let panicked = results.iter().find(|result| result.index == 37).expect("item 37 reported");
+    let panicked = results
+        .iter()
+        .find(|result| result.index == 37)
+        .expect("item 37 reported");
     assert_eq!(panicked.outcome, Outcome::Panicked("boom".to_owned()));
-    let failed = results.iter().find(|result| result.index == 50).expect("item 50 reported");
-    assert_eq!(failed.outcome, Outcome::Failed("item 50 could not be stored".to_owned()));
+    let failed = results
+        .iter()
+        .find(|result| result.index == 50)
+        .expect("item 50 reported");
+    assert_eq!(
+        failed.outcome,
+        Outcome::Failed("item 50 could not be stored".to_owned())
+    );
 
     assert_eq!(report.counts().succeeded, 98);
     assert_eq!(report.counts().panicked, 1);
     assert_eq!(report.counts().failed, 1);
     let record = report.problem(37).expect("the panic is listed");
-    assert_eq!((record.kind, record.detail.as_deref()), (OutcomeKind::Panicked, Some("boom")));
+    assert_eq!(
+        (record.kind, record.detail.as_deref()),
+        (OutcomeKind::Panicked, Some("boom"))
+    );
     assert_eq!(report.outcome_of(50), Some(OutcomeKind::Failed));
     assert!(report.stop_reason().is_none());
     assert_eq!(started.load(Ordering::SeqCst), 100);
@@ -68,11 +85,23 @@ async fn ba_02_stop_at_first_failure_starts_nothing_after_the_panic() {
     let (results, finished) = run.collect_all().await;
     let error = finished.expect_err("the policy stops the run");
 
-    assert!(matches!(&error, BatchError::Stopped { reason: StopReason::FirstFailure, .. }));
-    assert_eq!(started.load(Ordering::SeqCst), 40, "items 0..=39 started, none after");
+    assert!(matches!(
+        &error,
+        BatchError::Stopped {
+            reason: StopReason::FirstFailure,
+            ..
+        }
+    ));
+    assert_eq!(
+        started.load(Ordering::SeqCst),
+        40,
+        "items 0..=39 started, none after"
+    );
     assert_eq!(results.len(), 40);
 
-    let finished = error.into_finished().expect("the report is inside the error");
+    let finished = error
+        .into_finished()
+        .expect("the report is inside the error");
     let report = finished.into_full_report().await;
     let counts = report.counts();
     assert_eq!(counts.succeeded, 32);
