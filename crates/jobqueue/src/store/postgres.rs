@@ -232,8 +232,8 @@ impl PostgresStoreBuilder {
         self
     }
 
-    /// A testing aid: every statement reads the database clock corrected to
-    /// agree with `clock`, so that tests under paused tokio time
+    /// A testing aid: every statement reads `clock` instead of the database
+    /// clock, so that tests under paused tokio time
     /// ([`crate::TokioClock`]) see leases expire and retries come due when
     /// they advance time. Production stores leave it unset: the database
     /// clock alone decides. Default: none.
@@ -431,14 +431,13 @@ impl PostgresStore {
             .await
     }
 
-    /// The correction added to the database clock in every statement: 0,
-    /// or with a test clock, how far it is from the database clock.
-    fn offset_ms(&self) -> i64 {
-        self.inner.test_clock.as_ref().map_or(0, |clock| {
-            let skew = self.inner.skew.load(Ordering::Relaxed);
-            let db_now = SystemClock.now().as_millis().saturating_add(skew);
-            clock.now().as_millis().saturating_sub(db_now)
-        })
+    /// What every statement binds as `$1`: `None`, so the database clock
+    /// decides, or the test clock's reading.
+    fn offset_ms(&self) -> Option<i64> {
+        self.inner
+            .test_clock
+            .as_ref()
+            .map(|clock| clock.now().as_millis())
     }
 
     async fn sync_clock(&self) -> Result<(), StoreError> {
@@ -488,7 +487,10 @@ impl Store for PostgresStore {
     fn now(&self) -> Timestamp {
         let skew = self.inner.skew.load(Ordering::Relaxed);
         let local = SystemClock.now().as_millis();
-        Timestamp::from_millis(local.saturating_add(skew).saturating_add(self.offset_ms()))
+        match self.offset_ms() {
+            Some(test_now) => Timestamp::from_millis(test_now),
+            None => Timestamp::from_millis(local.saturating_add(skew)),
+        }
     }
 
     async fn enqueue(&self, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>, StoreError> {
@@ -696,9 +698,9 @@ fn to_i32(n: u32) -> i32 {
 // ---------------------------------------------------------------------------
 // SQL text
 
-/// The database clock as every statement reads it: `now()` plus the test
-/// offset bound as `$1` (0 in production).
-const NOW: &str = "(now() + $1::int8 * interval '1 millisecond')";
+/// The clock as every statement reads it: the database's `now()`, or with a
+/// test clock, its reading bound as `$1` (NULL in production).
+const NOW: &str = "coalesce(to_timestamp($1::int8 / 1000.0), now())";
 
 /// Milliseconds since the epoch of a `timestamptz` expression.
 fn millis(expr: &str) -> String {
@@ -987,7 +989,7 @@ async fn migrate(pool: &PgPool, schema: &str) -> Result<(), StoreError> {
 async fn enqueue(
     pool: &PgPool,
     sql: &Sql,
-    offset: i64,
+    offset: Option<i64>,
     jobs: Vec<NewJob>,
 ) -> Result<Vec<Enqueued>, StoreError> {
     if jobs.iter().all(|job| job.unique_key.is_none()) {
@@ -1007,7 +1009,7 @@ async fn enqueue(
 async fn enqueue_on(
     conn: &mut PgConnection,
     sql: &Sql,
-    offset: i64,
+    offset: Option<i64>,
     jobs: Vec<NewJob>,
 ) -> Result<Vec<Enqueued>, StoreError> {
     let op = "enqueue";
@@ -1066,7 +1068,7 @@ fn sql_ref(text: &Arc<str>) -> AssertSqlSafe<Arc<str>> {
 async fn insert_batch(
     conn: &mut PgConnection,
     sql: &Sql,
-    offset: i64,
+    offset: Option<i64>,
     jobs: &[(usize, NewJob)],
 ) -> Result<Vec<(i64, bool)>, StoreError> {
     let op = "enqueue";
@@ -1129,7 +1131,7 @@ async fn insert_batch(
 
 async fn claim(
     inner: &Inner,
-    offset: i64,
+    offset: Option<i64>,
     req: ClaimRequest,
 ) -> Result<Vec<JobRecord>, StoreError> {
     if req.limit == 0 || req.kinds.is_empty() {
@@ -1157,7 +1159,7 @@ async fn claim(
 
 async fn heartbeat(
     inner: &Inner,
-    offset: i64,
+    offset: Option<i64>,
     leases: Vec<LeaseRef>,
     extend: Duration,
 ) -> Result<Vec<bool>, StoreError> {
@@ -1182,7 +1184,7 @@ async fn heartbeat(
 
 async fn finish(
     inner: &Inner,
-    offset: i64,
+    offset: Option<i64>,
     completions: Vec<Completion>,
 ) -> Result<Vec<FinishResult>, StoreError> {
     let op = "finish";
@@ -1272,7 +1274,7 @@ async fn finish(
 const WORKER_LOST_PREFIX: &str = "worker lost: lease held by ";
 const WORKER_LOST_SUFFIX: &str = " expired without a heartbeat";
 
-async fn rescue(inner: &Inner, offset: i64, limit: usize) -> Result<Vec<Rescued>, StoreError> {
+async fn rescue(inner: &Inner, offset: Option<i64>, limit: usize) -> Result<Vec<Rescued>, StoreError> {
     let rows: Vec<(i64, i64, Option<String>, String)> = sqlx::query_as(sql(&inner.sql.rescue))
         .bind(offset)
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
@@ -1295,7 +1297,7 @@ async fn rescue(inner: &Inner, offset: i64, limit: usize) -> Result<Vec<Rescued>
         .collect()
 }
 
-async fn redrive(inner: &Inner, offset: i64, ids: Vec<JobId>) -> Result<Vec<Redrive>, StoreError> {
+async fn redrive(inner: &Inner, offset: Option<i64>, ids: Vec<JobId>) -> Result<Vec<Redrive>, StoreError> {
     let op = "redrive";
     let mut out = Vec::with_capacity(ids.len());
     for id in ids {
@@ -1338,7 +1340,7 @@ async fn redrive(inner: &Inner, offset: i64, ids: Vec<JobId>) -> Result<Vec<Redr
 /// A job's stored state, effective state and unique key.
 async fn read_state(
     inner: &Inner,
-    offset: i64,
+    offset: Option<i64>,
     id: JobId,
 ) -> Result<Option<(JobState, JobState, Option<String>)>, StoreError> {
     let row: Option<(String, String, Option<String>)> = sqlx::query_as(sql(&inner.sql.state_of))
@@ -1353,7 +1355,7 @@ async fn read_state(
     .transpose()
 }
 
-async fn cancel(inner: &Inner, offset: i64, ids: Vec<JobId>) -> Result<Vec<Cancel>, StoreError> {
+async fn cancel(inner: &Inner, offset: Option<i64>, ids: Vec<JobId>) -> Result<Vec<Cancel>, StoreError> {
     let mut out = Vec::with_capacity(ids.len());
     for id in ids {
         let cancelled = sqlx::query(sql(&inner.sql.cancel))
@@ -1377,7 +1379,7 @@ async fn cancel(inner: &Inner, offset: i64, ids: Vec<JobId>) -> Result<Vec<Cance
 async fn prune(
     pool: &PgPool,
     sql: &Sql,
-    offset: i64,
+    offset: Option<i64>,
     older_than: Duration,
 ) -> Result<u64, StoreError> {
     const CHUNK: i64 = 5000;
@@ -1397,7 +1399,7 @@ async fn prune(
     }
 }
 
-async fn stats(inner: &Inner, offset: i64) -> Result<QueueStats, StoreError> {
+async fn stats(inner: &Inner, offset: Option<i64>) -> Result<QueueStats, StoreError> {
     let op = "stats";
     let mut stats = QueueStats::default();
     let depth: Vec<(String, i64)> = sqlx::query_as(sql(&inner.sql.depth))
