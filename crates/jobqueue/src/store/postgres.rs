@@ -198,6 +198,12 @@ impl PostgresStoreBuilder {
         self
     }
 
+    /// Sets [`PostgresConfig::acquire_timeout`].
+    pub fn acquire_timeout(mut self, timeout: Duration) -> Self {
+        self.config.acquire_timeout = timeout;
+        self
+    }
+
     /// Sets [`PostgresConfig::poll_fallback`].
     pub fn poll_fallback(mut self, every: Duration) -> Self {
         self.config.poll_fallback = every;
@@ -262,6 +268,12 @@ impl PostgresStoreBuilder {
         let pool = match self.target {
             Target::Pool(pool) => pool,
             Target::Url(url) => {
+                if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                    return Err(StoreError::Invalid {
+                        reason: "a PostgreSQL URL starts with postgres:// or postgresql://"
+                            .to_owned(),
+                    });
+                }
                 let options: PgConnectOptions = url.parse().map_err(|e| StoreError::Invalid {
                     reason: format!("not a PostgreSQL URL: {e}"),
                 })?;
