@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::iter::Peekable;
+use std::ops::Range;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -185,6 +186,15 @@ impl Report {
     /// Every item that did not succeed (and was not left unstarted), in index order.
     pub fn problems(&self) -> impl Iterator<Item = &ItemRecord> {
         self.records.values()
+    }
+
+    /// The indices of the successful items as sorted, disjoint ranges: a compact listing
+    /// that stays a handful of ranges however many items succeeded.
+    pub fn succeeded_ranges(&self) -> impl Iterator<Item = Range<u64>> + '_ {
+        self.succeeded
+            .ranges
+            .iter()
+            .map(|(&start, &end)| start..end)
     }
 
     /// The record of the non-successful item at `index`.
