@@ -7,7 +7,7 @@
 //! - When draining starts the listener closes, so new connects are refused; connections
 //!   resting between requests, and connections that never sent one, are closed at once;
 //!   requests in flight finish and their connections close after the response.
-//! - Each request is counted in the drain by a [`WorkGuard`](crate::WorkGuard) named after
+//! - Each request is counted in the drain by a [`WorkGuard`] named after
 //!   its method and path, held until its response body has been sent, so a request still
 //!   running at the deadline is named in the report when it is aborted.
 //! - Long-lived responses (server-sent events, streams) take the [`Drain`] extractor and

@@ -3,7 +3,7 @@
 //! a report of what was still running.
 //!
 //! A [`Shutdown`] coordinator is built on tokio-util's
-//! [`CancellationToken`](tokio_util::sync::CancellationToken) and
+//! [`CancellationToken`] and
 //! [`TaskTracker`](tokio_util::task::TaskTracker). Components register their work
 //! through a cloneable [`Handle`]: tasks with [`Handle::spawn`] (or
 //! [`Handle::spawn_critical`] for work the service cannot live without), in-flight
