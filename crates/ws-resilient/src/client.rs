@@ -13,7 +13,7 @@ use crate::config::Config;
 use crate::error::{BoxError, BuildError, CloseReason, SendError};
 use crate::message::Message;
 use crate::outbox::{Outbox, Sent};
-use crate::state::{Counters, Event, Events, Metrics, State};
+use crate::state::{Counters, DiscardReason, Event, Events, Metrics, State};
 use crate::task;
 
 /// The HTTP request of a WebSocket upgrade, as the request builder returns it.
@@ -252,7 +252,8 @@ impl Client {
     /// Cancel safe: a cancelled send (possible only under the wait policy) has not queued
     /// its message.
     pub async fn send(&self, message: impl Into<Message>) -> Result<Sent, SendError> {
-        self.shared.outbox.push(message.into(), true).await
+        let sent = self.shared.outbox.push(message.into(), true).await;
+        self.count_drops(sent)
     }
 
     /// Like [`Client::send`], for a message that only makes sense on the current
@@ -267,7 +268,25 @@ impl Client {
     ///
     /// As [`Client::send`].
     pub async fn send_no_replay(&self, message: impl Into<Message>) -> Result<Sent, SendError> {
-        self.shared.outbox.push(message.into(), false).await
+        let sent = self.shared.outbox.push(message.into(), false).await;
+        self.count_drops(sent)
+    }
+
+    /// Counts and reports what an overflow policy discarded, on the way to the caller.
+    fn count_drops(&self, sent: Result<Sent, SendError>) -> Result<Sent, SendError> {
+        let dropped = match &sent {
+            Ok(Sent::QueuedDropping(dropped)) => {
+                Some((DiscardReason::DroppedOldest, dropped.len()))
+            }
+            Ok(Sent::Dropped(_)) => Some((DiscardReason::DroppedNewest, 1)),
+            _ => None,
+        };
+        if let Some((reason, count)) = dropped {
+            let count = count as u64;
+            self.shared.counters.discarded(reason, count);
+            self.shared.emit(Event::Discarded { reason, count });
+        }
+        sent
     }
 
     /// The state as a `watch` receiver, to await changes.
