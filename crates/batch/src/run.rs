@@ -69,6 +69,16 @@ impl<S, V, E> BatchRun<S, V, E> {
         }
     }
 
+    /// The next finished item, or `None` once every item has been handed out; the same as
+    /// `StreamExt::next` without needing the trait in scope.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: a result is taken only when the future completes.
+    pub async fn recv(&mut self) -> Option<ItemResult<V, E>> {
+        self.results.recv().await
+    }
+
     /// A handle on the run's progress, to poll or to watch.
     pub fn progress(&self) -> ProgressWatch {
         self.progress.clone()
