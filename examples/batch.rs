@@ -57,7 +57,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("checksum {checksum}");
     println!("{:?}", report.counts());
     for problem in report.problems() {
-        println!("  #{} {:?} {:?}: {:?}", problem.index, problem.key, problem.kind, problem.detail);
+        println!(
+            "  #{} {:?} {:?}: {:?}",
+            problem.index, problem.key, problem.kind, problem.detail
+        );
     }
     Ok(())
 }
