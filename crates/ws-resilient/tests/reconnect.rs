@@ -1,0 +1,285 @@
+//! Reconnecting: many drops in a row, server hints, faults from the proxy, fresh requests.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use steadfast_testkit::{Fault, FaultProxy};
+use steadfast_ws_resilient::{BoxError, Client, Config, Error, Event, IntoClientRequest, State};
+use support::{Server, config, record_texts, wait_not_open, wait_open};
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message as Frame;
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+
+#[tokio::test(start_paused = true)]
+async fn a_hundred_server_drops_give_a_hundred_reconnects_with_in_order_delivery() {
+    // Each connection: record text messages up to one ending in '!', then drop the TCP
+    // connection without a close frame.
+    let mut server = Server::start(|accepted| async move {
+        let mut ws = tokio_tungstenite::accept_async(accepted.tcp).await.unwrap();
+        while let Some(Ok(frame)) = ws.next().await {
+            if let Frame::Text(text) = frame {
+                let _ = accepted.record.send(text.to_string());
+                if text.ends_with('!') {
+                    break;
+                }
+            }
+        }
+    })
+    .await;
+    let (client, _incoming) = Client::builder(server.url())
+        .config(config(Duration::from_millis(10)))
+        .on_connect(|hook| async move {
+            hook.send("hello")?;
+            Ok(())
+        })
+        .build()
+        .unwrap();
+
+    let mut expected = Vec::new();
+    for round in 0..=100 {
+        // Sent while disconnected: they wait in the buffer for the next connection.
+        wait_not_open(&client).await;
+        let batch = [
+            format!("{round}.a"),
+            format!("{round}.b"),
+            format!("{round}.c!"),
+        ];
+        for message in &batch {
+            client.send(message.as_str()).await.unwrap();
+        }
+        expected.push("hello".to_owned());
+        expected.extend(batch);
+        let received = server.take(4).await;
+        assert_eq!(received, expected[expected.len() - 4..], "round {round}");
+    }
+
+    assert_eq!(server.accepts(), 101);
+    assert_eq!(client.metrics().connects, 101);
+    assert!(client.metrics().disconnects >= 100);
+    assert_eq!(client.metrics().lost_in_flight, 0);
+    assert!(server.records.try_recv().is_err(), "nothing twice");
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_on_a_429_upgrade_answer_is_honoured() {
+    let server = Server::start(record_texts).await;
+    let proxy = FaultProxy::start(server.addr).await.unwrap();
+    proxy.set_fault(Fault::retry_after(429, 3));
+    let (client, _incoming) = Client::builder(format!("ws://{}", proxy.local_addr()))
+        .config(config(Duration::from_millis(100)))
+        .build()
+        .unwrap();
+    let mut events = client.events();
+
+    let started = Instant::now();
+    let error = loop {
+        if let Some(Event::Disconnected { error }) = events.next().await {
+            break error;
+        }
+    };
+    proxy.set_fault(Fault::PassThrough);
+    wait_open(&client).await;
+
+    assert!(
+        matches!(error, Error::Rejected { status: 429, retry_after: Some(wait) } if wait == Duration::from_secs(3))
+    );
+    assert!(
+        started.elapsed() >= Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(3100),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(proxy.stats().connections_accepted, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_503_without_hint_follows_the_schedule() {
+    let server = Server::start(record_texts).await;
+    let proxy = FaultProxy::start(server.addr).await.unwrap();
+    proxy.set_fault(Fault::status(503));
+    let (client, _incoming) = Client::builder(format!("ws://{}", proxy.local_addr()))
+        .config(config(Duration::from_millis(100)))
+        .build()
+        .unwrap();
+    let mut state = client.state();
+
+    state
+        .wait_for(|state| matches!(state, State::Reconnecting { attempt: 3, .. }))
+        .await
+        .unwrap();
+
+    assert!(matches!(
+        client.current_state(),
+        State::Reconnecting { delay, last_error: Error::Rejected { status: 503, .. }, .. }
+            if delay == Duration::from_millis(200)
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reset_connection_is_replaced() {
+    let mut server = Server::start(record_texts).await;
+    let proxy = FaultProxy::start(server.addr).await.unwrap();
+    let (client, _incoming) = Client::builder(format!("ws://{}", proxy.local_addr()))
+        .config(config(Duration::from_millis(100)))
+        .build()
+        .unwrap();
+    wait_open(&client).await;
+
+    proxy.set_fault_for_live(Fault::Reset);
+    wait_not_open(&client).await;
+    wait_open(&client).await;
+    client.send("after").await.unwrap();
+
+    assert_eq!(server.take(1).await, ["after"]);
+    assert_eq!(proxy.stats().connections_accepted, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_connection_closed_after_a_while_is_replaced_and_a_stable_one_resets_the_count() {
+    let server = Server::start(record_texts).await;
+    let proxy = FaultProxy::start(server.addr).await.unwrap();
+    // Each connection lives 6 s, longer than the 5 s stability period.
+    proxy.set_fault(Fault::CloseAfter(Duration::from_secs(6)));
+    let (client, _incoming) = Client::builder(format!("ws://{}", proxy.local_addr()))
+        .config(config(Duration::from_millis(100)))
+        .build()
+        .unwrap();
+    let mut state = client.state();
+
+    let mut attempts = Vec::new();
+    for _ in 0..3 {
+        state
+            .wait_for(|state| matches!(state, State::Reconnecting { .. }))
+            .await
+            .unwrap();
+        if let State::Reconnecting { attempt, delay, .. } = client.current_state() {
+            attempts.push((attempt, delay));
+        }
+        wait_open(&client).await;
+    }
+
+    let first = (1, Duration::from_millis(100));
+    assert_eq!(attempts, [first, first, first]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_request_builder_runs_for_every_attempt() {
+    let mut server = Server::start(|accepted| async move {
+        let record = accepted.record.clone();
+        let callback =
+            move |request: &Request, response: Response| -> Result<Response, ErrorResponse> {
+                let token = request
+                    .headers()
+                    .get("x-token")
+                    .and_then(|v| v.to_str().ok());
+                let _ = record.send(token.unwrap_or("none").to_owned());
+                Ok(response)
+            };
+        let ws = tokio_tungstenite::accept_hdr_async(accepted.tcp, callback)
+            .await
+            .unwrap();
+        drop(ws);
+    })
+    .await;
+    let url = server.url();
+    let issued = Arc::new(AtomicU32::new(0));
+    let (_client, _incoming) = Client::builder(url.clone())
+        .config(config(Duration::from_millis(100)))
+        .request(move || {
+            let mut request = url.as_str().into_client_request()?;
+            let token = format!("token-{}", issued.fetch_add(1, Ordering::Relaxed));
+            request.headers_mut().insert("x-token", token.parse()?);
+            Ok(request)
+        })
+        .build()
+        .unwrap();
+
+    assert_eq!(server.take(3).await, ["token-0", "token-1", "token-2"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_hook_counts_as_a_failed_attempt() {
+    let mut server = Server::start(record_texts).await;
+    let calls = Arc::new(AtomicU32::new(0));
+    let (client, _incoming) = Client::builder(server.url())
+        .config(config(Duration::from_millis(100)))
+        .on_connect(move |hook| {
+            let call = calls.fetch_add(1, Ordering::Relaxed);
+            async move {
+                if call == 0 {
+                    return Err(BoxError::from("resubscribe refused"));
+                }
+                hook.send("subscribed")?;
+                Ok(())
+            }
+        })
+        .build()
+        .unwrap();
+    let mut events = client.events();
+    client.send("data").await.unwrap();
+
+    let error = loop {
+        if let Some(Event::Disconnected { error }) = events.next().await {
+            break error;
+        }
+    };
+
+    assert!(matches!(error, Error::Hook(_)), "{error}");
+    assert_eq!(server.take(2).await, ["subscribed", "data"]);
+    assert_eq!(server.accepts(), 2);
+    assert_eq!(client.metrics().connects, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_connect_timeout_covers_the_upgrade() {
+    let server = Server::start(|accepted| async move {
+        let _held = accepted.tcp;
+        std::future::pending::<()>().await;
+    })
+    .await;
+    let config = Config {
+        connect_timeout: Duration::from_secs(2),
+        ..config(Duration::from_millis(100))
+    };
+    let (client, _incoming) = Client::builder(server.url())
+        .config(config)
+        .build()
+        .unwrap();
+    let mut events = client.events();
+
+    let started = Instant::now();
+    let error = loop {
+        if let Some(Event::Disconnected { error }) = events.next().await {
+            break error;
+        }
+    };
+
+    assert!(matches!(error, Error::ConnectTimeout(limit) if limit == Duration::from_secs(2)));
+    assert_eq!(started.elapsed(), Duration::from_secs(2));
+}
+
+#[tokio::test]
+async fn bad_settings_are_refused_at_build() {
+    let no_scheme = Client::builder("http://127.0.0.1:1").build().unwrap_err();
+    let zero = Client::builder("ws://127.0.0.1:1")
+        .config(Config {
+            inbound_capacity: 0,
+            ..Config::default()
+        })
+        .build()
+        .unwrap_err();
+
+    assert!(no_scheme.to_string().contains("ws or wss"), "{no_scheme}");
+    assert_eq!(
+        zero.to_string(),
+        "inbound_capacity must be greater than zero"
+    );
+}
