@@ -257,6 +257,8 @@ impl HttpBody for GuardedBody {
     }
 }
 
+// Not yet: HTTP/2; connections speak HTTP/1.1 only, where `Connection: close` and
+// hyper's graceful close do the draining.
 async fn serve_connection(stream: TcpStream, service: DrainService, draining: CancellationToken) {
     let connection = http1::Builder::new()
         .timer(TokioTimer::new())

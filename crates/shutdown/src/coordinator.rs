@@ -125,7 +125,6 @@ impl Shutdown {
         let (trigger, triggered_at) = inner.trigger_info();
         let config = &inner.config;
         let mut phases = Vec::new();
-        info!(%trigger, "shutdown triggered; readiness is now false");
 
         if !config.drain_delay.is_zero() {
             let started = Instant::now();
@@ -585,10 +584,11 @@ impl Inner {
                 debug!(%trigger, "shutdown already triggered");
                 return false;
             }
-            state.trigger = Some((trigger, Instant::now()));
+            state.trigger = Some((trigger.clone(), Instant::now()));
         }
         self.ready.send_replace(false);
         self.triggered.cancel();
+        info!(%trigger, "shutdown triggered; readiness is now false");
         true
     }
 

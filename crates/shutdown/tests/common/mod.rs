@@ -1,7 +1,5 @@
 //! Helpers shared by the HTTP tests: a minimal hyper client on loopback.
 
-#![allow(dead_code, unreachable_pub)]
-
 use std::net::SocketAddr;
 
 use axum::body::Bytes;
@@ -13,12 +11,12 @@ use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
 /// One client connection, and the task driving it (it ends when the connection closes).
-pub struct Client {
-    pub sender: SendRequest<Empty<Bytes>>,
-    pub driver: JoinHandle<Result<(), hyper::Error>>,
+pub(crate) struct Client {
+    pub(crate) sender: SendRequest<Empty<Bytes>>,
+    pub(crate) driver: JoinHandle<Result<(), hyper::Error>>,
 }
 
-pub async fn connect(addr: SocketAddr) -> Client {
+pub(crate) async fn connect(addr: SocketAddr) -> Client {
     let stream = TcpStream::connect(addr).await.expect("connect");
     let (sender, connection) = handshake(TokioIo::new(stream)).await.expect("handshake");
     let driver = tokio::spawn(connection);
@@ -26,7 +24,7 @@ pub async fn connect(addr: SocketAddr) -> Client {
 }
 
 impl Client {
-    pub async fn get(&mut self, path: &str) -> Result<Response<Incoming>, hyper::Error> {
+    pub(crate) async fn get(&mut self, path: &str) -> Result<Response<Incoming>, hyper::Error> {
         let request = Request::get(path)
             .header("host", "localhost")
             .body(Empty::new())
@@ -37,7 +35,7 @@ impl Client {
 }
 
 /// GET on a fresh connection; returns the status and the `Connection` header.
-pub async fn get_fresh(addr: SocketAddr, path: &str) -> (u16, Option<String>, String) {
+pub(crate) async fn get_fresh(addr: SocketAddr, path: &str) -> (u16, Option<String>, String) {
     let mut client = connect(addr).await;
     let response = client.get(path).await.expect("response");
     let status = response.status().as_u16();
@@ -46,14 +44,14 @@ pub async fn get_fresh(addr: SocketAddr, path: &str) -> (u16, Option<String>, St
     (status, connection, body)
 }
 
-pub fn connection_header(response: &Response<Incoming>) -> Option<String> {
+pub(crate) fn connection_header(response: &Response<Incoming>) -> Option<String> {
     response
         .headers()
         .get("connection")
         .map(|value| value.to_str().expect("ascii").to_owned())
 }
 
-pub async fn text(response: Response<Incoming>) -> String {
+pub(crate) async fn text(response: Response<Incoming>) -> String {
     let body = response
         .into_body()
         .collect()
