@@ -144,13 +144,14 @@ impl Shutdown {
         info!("draining: no longer accepting, waiting for in-flight work");
         inner.draining.cancel();
         inner.tracker.close();
+        inner.tasks.close();
         let deadline = add_saturating(triggered_at, config.drain_deadline);
         let drained = tokio::select! {
             biased;
             () = inner.forced.cancelled() => {
                 return inner.interrupted(trigger, phases, Vec::new(), Vec::new());
             }
-            () = inner.tracker.wait() => true,
+            _ = async { tokio::join!(inner.tracker.wait(), inner.tasks.wait()) } => true,
             () = sleep_until(deadline) => false,
         };
         phases.push(finish_phase(Phase::Drain, started));
@@ -162,6 +163,11 @@ impl Shutdown {
             let names: Vec<&str> = cut.iter().map(|record| record.name.as_str()).collect();
             warn!(still_running = ?names, "drain deadline reached; aborting what is left");
             records.extend(cut);
+
+            // Let the aborts land before teardown takes resources away from those tasks.
+            if timeout(ABORT_GRACE, inner.tasks.wait()).await.is_err() {
+                warn!("aborted tasks are still running; they may be stuck in blocking code");
+            }
             phases.push(finish_phase(Phase::Cancel, started));
         }
 
@@ -436,7 +442,7 @@ impl Handle {
         }
 
         let inner = Arc::clone(&self.inner);
-        self.inner.tracker.spawn(async move {
+        self.inner.tasks.spawn(async move {
             if let Some(end) = end_of(task.await) {
                 inner.task_ended(id, end);
             }
@@ -482,7 +488,7 @@ impl fmt::Debug for WorkGuard {
     }
 }
 
-/// How long to wait for an aborted stage to actually stop before moving on. An abort only
+/// How long to wait for an aborted task or stage to actually stop before moving on. An abort only
 /// lands when the task next yields; one stuck in blocking code never does.
 const ABORT_GRACE: Duration = Duration::from_millis(100);
 
@@ -492,7 +498,10 @@ pub(crate) struct Inner {
     triggered: CancellationToken,
     draining: CancellationToken,
     forced: CancellationToken,
+    /// Work guards, including those of blocking work.
     tracker: TaskTracker,
+    /// The monitors of spawned tasks, which end once their task has ended or been aborted.
+    tasks: TaskTracker,
     state: Mutex<State>,
 }
 
@@ -554,6 +563,7 @@ impl Inner {
             draining: CancellationToken::new(),
             forced: CancellationToken::new(),
             tracker: TaskTracker::new(),
+            tasks: TaskTracker::new(),
             state: Mutex::new(State::default()),
         }
     }
