@@ -4,6 +4,7 @@
 //! the tests need, so that a fresh clone needs one command per job.
 
 mod bench;
+mod demo;
 mod test;
 
 use std::env;
@@ -16,7 +17,7 @@ commands:
   test            fmt, clippy, docs, every test of the workspace, service-backed runs
   bench [MEMBER]  release-mode benchmarks; MEMBER is one of: backoff, shutdown, batch,
                   jobqueue, ws, upload (all when omitted)
-  demo [DIR]      the end-to-end ingest demo";
+  demo [DIR]      the end-to-end ingest demo (`cargo xtask demo --help` for options)";
 
 fn main() -> ExitCode {
     let args: Vec<String> = env::args().skip(1).collect();
@@ -28,7 +29,7 @@ fn main() -> ExitCode {
     let result = match command.as_str() {
         "test" => test::run(rest),
         "bench" => bench::run(rest),
-        "demo" => demo(),
+        "demo" => demo::run(rest),
         "help" | "--help" | "-h" => {
             println!("{USAGE}");
             Ok(())
@@ -43,12 +44,4 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-fn demo() -> Result<(), String> {
-    // Not yet: the ingest demo needs the job queue, upload and WebSocket crates first.
-    Err(
-        "`cargo xtask demo` is not delivered yet: the crates it composes are still being built"
-            .to_owned(),
-    )
 }

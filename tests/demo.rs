@@ -1,0 +1,1 @@
+//! The ingest demo end to end (being written).
