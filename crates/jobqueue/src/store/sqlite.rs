@@ -47,6 +47,9 @@ pub struct SqliteStore {
     pool: SqlitePool,
     clock: Arc<dyn Clock>,
     paused_time_safe: bool,
+    /// Serialises this process's writes, so that its own connections never
+    /// meet in SQLite's busy handler (which backs off by sleeping).
+    writer: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -120,9 +123,10 @@ impl SqliteStoreBuilder {
                 .connect_lazy_with(options),
             clock: self.clock,
             paused_time_safe: self.paused_time_safe,
+            writer: Arc::new(tokio::sync::Mutex::new(())),
         };
         let pool = store.pool.clone();
-        store.run(async move { migrate(&pool).await }).await?;
+        store.write(async move { migrate(&pool).await }).await?;
         Ok(store)
     }
 }
@@ -152,6 +156,21 @@ impl SqliteStore {
     /// Closes the connection pool, waiting for connections in use.
     pub async fn close(&self) {
         self.pool.close().await;
+    }
+
+    /// Runs a write under the process-wide writer lock.
+    async fn write<T, F>(&self, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: Future<Output = Result<T, StoreError>> + Send + 'static,
+    {
+        let guard = Arc::clone(&self.writer).lock_owned().await;
+        self.run(async move {
+            let out = work.await;
+            drop(guard);
+            out
+        })
+        .await
     }
 
     async fn run<T, F>(&self, work: F) -> Result<T, StoreError>
@@ -367,7 +386,7 @@ impl Store for SqliteStore {
         }
         let now = self.now();
         let pool = self.pool.clone();
-        self.run(async move { enqueue(&pool, jobs, now).await })
+        self.write(async move { enqueue(&pool, jobs, now).await })
             .await
     }
 
@@ -375,7 +394,8 @@ impl Store for SqliteStore {
         let now = self.now();
         let pool = self.pool.clone();
         let req = req.clone();
-        self.run(async move { claim(&pool, req, now).await }).await
+        self.write(async move { claim(&pool, req, now).await })
+            .await
     }
 
     async fn heartbeat(
@@ -386,21 +406,21 @@ impl Store for SqliteStore {
         let now = self.now();
         let pool = self.pool.clone();
         let leases = leases.to_vec();
-        self.run(async move { heartbeat(&pool, leases, now.saturating_add(extend)).await })
+        self.write(async move { heartbeat(&pool, leases, now.saturating_add(extend)).await })
             .await
     }
 
     async fn finish(&self, completions: Vec<Completion>) -> Result<Vec<FinishResult>, StoreError> {
         let now = self.now();
         let pool = self.pool.clone();
-        self.run(async move { finish(&pool, completions, now).await })
+        self.write(async move { finish(&pool, completions, now).await })
             .await
     }
 
     async fn rescue_expired(&self, limit: usize) -> Result<Vec<Rescued>, StoreError> {
         let now = self.now();
         let pool = self.pool.clone();
-        self.run(async move { rescue(&pool, limit, now).await })
+        self.write(async move { rescue(&pool, limit, now).await })
             .await
     }
 
@@ -451,14 +471,14 @@ impl Store for SqliteStore {
         let now = self.now();
         let pool = self.pool.clone();
         let ids = ids.to_vec();
-        self.run(async move { redrive(&pool, ids, now).await })
+        self.write(async move { redrive(&pool, ids, now).await })
             .await
     }
 
     async fn purge_dead(&self, which: &Purge) -> Result<u64, StoreError> {
         let pool = self.pool.clone();
         let which = which.clone();
-        self.run(async move {
+        self.write(async move {
             let query = match &which {
                 Purge::All => sqlx::query("DELETE FROM steadfast_jobs WHERE state = 'dead'"),
                 Purge::Ids(ids) => {
@@ -486,7 +506,8 @@ impl Store for SqliteStore {
         let now = self.now();
         let pool = self.pool.clone();
         let ids = ids.to_vec();
-        self.run(async move { cancel(&pool, ids, now).await }).await
+        self.write(async move { cancel(&pool, ids, now).await })
+            .await
     }
 
     async fn stats(&self) -> Result<QueueStats, StoreError> {
@@ -622,8 +643,47 @@ async fn finish(
 ) -> Result<Vec<FinishResult>, StoreError> {
     let op = "finish";
     let mut tx = begin(pool, op).await?;
-    let mut out = Vec::with_capacity(completions.len());
-    for Completion { lease, finish } in completions {
+    let mut out: Vec<Option<FinishResult>> = vec![None; completions.len()];
+
+    // Successes, the bulk of any batch, are written in one statement.
+    let completes: Vec<(usize, LeaseRef)> = completions
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| c.finish == Finish::Complete)
+        .map(|(i, c)| (i, c.lease))
+        .collect();
+    if !completes.is_empty() {
+        let pairs: Vec<[i64; 2]> = completes
+            .iter()
+            .map(|(_, l)| [l.id.get(), l.lease])
+            .collect();
+        let pairs = serde_json::to_string(&pairs).map_err(|e| StoreError::backend(op, e))?;
+        let done: Vec<(i64, i64)> = sqlx::query_as(
+            "UPDATE steadfast_jobs SET state = 'completed', finalized_at = ?1, lease_expires_at = NULL \
+             WHERE state = 'running' AND (id, lease_number) IN (SELECT json_extract(value, '$[0]'), \
+             json_extract(value, '$[1]') FROM json_each(?2)) RETURNING id, lease_number",
+        )
+        .bind(now.as_millis())
+        .bind(pairs)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db(op))?;
+        for (index, lease) in completes {
+            out[index] = Some(if done.contains(&(lease.id.get(), lease.lease)) {
+                Ok(JobState::Completed)
+            } else {
+                Err(LeaseLost {
+                    id: lease.id,
+                    lease: lease.lease,
+                })
+            });
+        }
+    }
+
+    for (index, Completion { lease, finish }) in completions.into_iter().enumerate() {
+        if out[index].is_some() {
+            continue;
+        }
         let head = |sql: &'static str| {
             sqlx::query(sql)
                 .bind(now.as_millis())
@@ -631,10 +691,7 @@ async fn finish(
                 .bind(lease.lease)
         };
         let query = match finish {
-            Finish::Complete => head(
-                "UPDATE steadfast_jobs SET state = 'completed', finalized_at = ?1, lease_expires_at = NULL \
-                 WHERE id = ?2 AND state = 'running' AND lease_number = ?3 RETURNING state",
-            ),
+            Finish::Complete => continue,
             Finish::Retry {
                 delay,
                 kind,
@@ -702,10 +759,11 @@ async fn finish(
                 source: e.into(),
             })?),
         };
-        out.push(result);
+        out[index] = Some(result);
     }
     commit(tx, op).await?;
-    Ok(out)
+    // Every slot was filled: completes above, the rest in the loop.
+    Ok(out.into_iter().flatten().collect())
 }
 
 async fn rescue(
