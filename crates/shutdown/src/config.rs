@@ -118,6 +118,23 @@ mod tests {
     }
 
     #[test]
+    fn settings_from_a_file_fill_in_the_defaults() {
+        let json = r#"{ "drain_delay": { "secs": 5, "nanos": 0 }, "exit_codes": { "panic": 3 } }"#;
+        let config: Config = serde_json::from_str(json).expect("valid settings");
+
+        assert_eq!(config.drain_delay, Duration::from_secs(5));
+        assert_eq!(config.drain_deadline, Config::default().drain_deadline);
+        assert_eq!(config.exit_codes.panic, 3);
+        assert_eq!(config.exit_codes.error, 1);
+
+        let text = serde_json::to_string(&config).expect("serializes");
+        assert_eq!(
+            serde_json::from_str::<Config>(&text).expect("round trip"),
+            config
+        );
+    }
+
+    #[test]
     fn first_zero_names_the_offending_code() {
         let codes = ExitCodes {
             panic: 0,

@@ -185,3 +185,24 @@ async fn the_token_is_cancelled_only_after_the_drain_delay() {
     assert!(handle.is_draining());
     assert_eq!(run.await.expect("run").outcome(), Outcome::Clean);
 }
+
+#[tokio::test(start_paused = true)]
+async fn blocking_work_that_finishes_in_time_is_waited_for() {
+    let shutdown = shutdown(Duration::from_secs(5));
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let work = shutdown.spawn_blocking("compress log", move || released.recv().is_ok());
+
+    shutdown.trigger();
+    let run = tokio::spawn(shutdown.run());
+    // Running blocking work keeps paused time from advancing by itself.
+    tokio::time::advance(Duration::from_secs(2)).await;
+    assert!(
+        !run.is_finished(),
+        "two seconds in, the drain still waits for the work"
+    );
+
+    release.send(()).expect("still waiting");
+    assert!(work.await.expect("no panic"));
+    let report = run.await.expect("run");
+    assert_eq!(report.outcome(), Outcome::Clean, "{report}");
+}
