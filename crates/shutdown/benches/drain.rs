@@ -81,12 +81,14 @@ async fn bench() {
         .expect("kill runs");
     assert!(status.success(), "kill -TERM failed");
     let signalled = Instant::now();
-    let longest_due = load
+    let completed_before = load.completed.load(Ordering::SeqCst);
+    let dues: Vec<u64> = load
         .due
         .iter()
         .map(|due| due.load(Ordering::SeqCst))
-        .max()
-        .unwrap_or(0);
+        .collect();
+    let in_flight = dues.iter().filter(|due| **due != 0).count();
+    let longest_due = dues.into_iter().max().unwrap_or(0);
     let longest =
         (load.base + Duration::from_micros(longest_due)).saturating_duration_since(signalled);
 
@@ -105,6 +107,9 @@ async fn bench() {
         "bench drain_requests_failed: {} requests",
         load.failed.load(Ordering::SeqCst)
     );
+    println!("bench drain_in_flight_at_signal: {in_flight} requests");
+    let after = load.completed.load(Ordering::SeqCst) - completed_before;
+    println!("bench drain_completed_after_signal: {after} requests");
     println!("bench drain_signal_to_exit: {:.1} ms", ms(to_exit));
     println!(
         "bench drain_longest_in_flight_at_signal: {:.1} ms",
