@@ -50,10 +50,25 @@ pub async fn sqlite_real_time() -> (Arc<SqliteStore>, TempDir) {
     (Arc::new(store), dir)
 }
 
-/// Runs the body `$name` (an `async fn(Arc<S>)` generic over the store)
-/// once on the in-memory store and once on SQLite, both under paused time.
+/// Runs the body `$name` (an `async fn(Arc<S>)` generic over the store,
+/// from `common::scenarios`, or from the calling file with `local`) once on
+/// the in-memory store and once on SQLite, both under paused time.
 #[macro_export]
 macro_rules! on_both_stores {
+    (local $name:ident) => {
+        mod $name {
+            #[tokio::test(start_paused = true)]
+            async fn memory() {
+                super::$name($crate::common::memory()).await;
+            }
+
+            #[tokio::test(start_paused = true)]
+            async fn sqlite() {
+                let (store, _dir) = $crate::common::sqlite().await;
+                super::$name(store).await;
+            }
+        }
+    };
     ($name:ident) => {
         mod $name {
             #[tokio::test(start_paused = true)]
