@@ -164,7 +164,7 @@ async fn up_02_c_never_more_than_one_request_in_flight_per_upload() {
     {
         use rand::SeedableRng as _;
         use rand::seq::SliceRandom as _;
-        let mut slots: Vec<usize> = (1..40).collect();
+        let mut slots: Vec<usize> = (1..26).collect();
         slots.shuffle(&mut rand::rngs::SmallRng::seed_from_u64(2));
         for (i, slot) in slots.into_iter().take(10).enumerate() {
             plan[slot] = Some(if i < 6 { 500u16 } else { 0 });
@@ -243,10 +243,8 @@ async fn up_02_c_never_more_than_one_request_in_flight_per_upload() {
         sha256(&stored(server.server.store(), &done.url)),
         sha256(&source)
     );
-    assert!(
-        counter.load(Ordering::SeqCst) as usize > 16 + 10 / 2,
-        "the fault plan was not exercised"
-    );
+    // 16 chunks plus at least one HEAD per fault: every planned fault was reached.
+    assert!(counter.load(Ordering::SeqCst) >= 26, "only {counter:?} requests");
     assert_eq!(max_seen.load(Ordering::SeqCst), 1);
 }
 
