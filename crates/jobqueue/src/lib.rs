@@ -81,6 +81,7 @@ pub mod clock;
 pub mod error;
 pub mod handler;
 pub mod job;
+pub mod periodic;
 pub mod queue;
 pub mod store;
 pub mod worker;

@@ -452,6 +452,17 @@ impl PostgresStore {
             .map(|clock| clock.now().as_millis())
     }
 
+    /// Reads the clock that decides (the database's, or the test clock) on
+    /// `conn`, inside the caller's transaction.
+    pub(crate) async fn clock_on(&self, conn: &mut PgConnection) -> Result<Timestamp, StoreError> {
+        let ms: i64 = sqlx::query_scalar(AssertSqlSafe(format!("SELECT {}", millis(NOW))))
+            .bind(self.offset_ms())
+            .fetch_one(conn)
+            .await
+            .map_err(db("read the clock"))?;
+        Ok(Timestamp::from_millis(ms))
+    }
+
     async fn sync_clock(&self) -> Result<(), StoreError> {
         let inner = Arc::clone(&self.inner);
         let db_now: i64 = self
