@@ -333,6 +333,9 @@ impl Handle {
 
     /// Counts a piece of in-flight work (a request, a WebSocket session) in the drain
     /// until the returned guard is dropped.
+    ///
+    /// A guard still alive at the deadline is reported as forced: the work it stands for
+    /// is expected to end with the task that owns it, which the deadline aborts.
     pub fn track(&self, name: impl Into<String>) -> WorkGuard {
         self.guard(name.into(), Kind::Work)
     }
