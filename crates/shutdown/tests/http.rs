@@ -267,3 +267,41 @@ async fn the_drain_extractor_outside_serve_is_a_clear_error() {
         .to_bytes();
     assert!(String::from_utf8_lossy(&body).contains("steadfast_shutdown::axum::serve"));
 }
+
+/// Work that outlives its response, as a WebSocket session does after the upgrade, is
+/// counted in the drain through `Drain::track` and may wind down after the cancellation.
+#[tokio::test(start_paused = true)]
+async fn a_session_outliving_its_response_is_counted_in_the_drain() {
+    let shutdown = Shutdown::builder()
+        .signals(false)
+        .drain_deadline(Duration::from_secs(5))
+        .build()
+        .expect("valid settings");
+    let app = Router::new().route(
+        "/session",
+        get(|drain: Drain| async move {
+            let guard = drain.track("session 7");
+            tokio::spawn(async move {
+                drain.cancelled().await;
+                sleep(Duration::from_millis(800)).await;
+                drop(guard);
+            });
+            "opened"
+        }),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("address");
+    shutdown.spawn_critical("http", serve(&shutdown, listener, app));
+    assert_eq!(get_fresh(addr, "/session").await.2, "opened");
+
+    let t0 = Instant::now();
+    shutdown.trigger();
+    let report = shutdown.run().await;
+
+    assert_eq!(
+        t0.elapsed(),
+        Duration::from_millis(800),
+        "the drain waited for the session"
+    );
+    assert_eq!(report.outcome(), Outcome::Clean, "{report}");
+}
