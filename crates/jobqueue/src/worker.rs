@@ -706,7 +706,12 @@ async fn heartbeat_loop<S: Store>(ctx: Arc<Ctx<S>>, stop: CancellationToken) {
             continue;
         }
         let sent_at = Instant::now();
-        let held = match ctx.store.heartbeat(&leases, ctx.config.lease).await {
+        // A hung store must not hold up shutdown; a dropped heartbeat is harmless.
+        let answer = tokio::select! {
+            answer = ctx.store.heartbeat(&leases, ctx.config.lease) => answer,
+            () = stop.cancelled() => return,
+        };
+        let held = match answer {
             Ok(held) => held,
             Err(error) => {
                 warn!(worker = %ctx.id, error = %crate::handler::chain(&error), "heartbeat failed");
@@ -738,7 +743,11 @@ async fn sweep_loop<S: Store>(ctx: Arc<Ctx<S>>, stop: CancellationToken) {
             () = stop.cancelled() => return,
         }
 
-        let rescued = match ctx.store.rescue_expired(1000).await {
+        let answer = tokio::select! {
+            answer = ctx.store.rescue_expired(1000) => answer,
+            () = stop.cancelled() => return,
+        };
+        let rescued = match answer {
             Ok(rescued) => rescued,
             Err(error) => {
                 warn!(worker = %ctx.id, error = %crate::handler::chain(&error), "sweep failed");
