@@ -74,7 +74,14 @@ async fn burndown(
     let mut workers = Vec::new();
     for n in 0..WORKERS {
         let child = Command::new(env!("CARGO_BIN_EXE_steadfast-queue-pg-worker"))
-            .args(["--url", url, "--schema", schema, "--id", &format!("bench-{n}")])
+            .args([
+                "--url",
+                url,
+                "--schema",
+                schema,
+                "--id",
+                &format!("bench-{n}"),
+            ])
             .args(["--mode", "noop", "--concurrency", CONCURRENCY])
             .args(["--lease-ms", "30000", "--heartbeat-ms", "10000"])
             .args(["--poll-ms", "100", "--sweep-ms", "5000"])

@@ -438,9 +438,8 @@ mod scheduler {
                     catch_up: self.catch_up,
                 }),
                 Err(e) => {
-                    self.error.get_or_insert(BuildError::Invalid(format!(
-                        "schedule {name:?}: {e}"
-                    )));
+                    self.error
+                        .get_or_insert(BuildError::Invalid(format!("schedule {name:?}: {e}")));
                 }
             }
             self
@@ -581,14 +580,19 @@ mod scheduler {
             .await
             .map_err(db)?;
 
-            let due = due_slots(&entry.schedule, entry.catch_up, last.map(Timestamp::from_millis), now);
+            let due = due_slots(
+                &entry.schedule,
+                entry.catch_up,
+                last.map(Timestamp::from_millis),
+                now,
+            );
             let mut inserted = Vec::new();
             for slot in due {
-                let job = entry
-                    .job
-                    .clone()
-                    .run_at(slot)
-                    .unique_key(format!("periodic:{}:{}", entry.name, slot.as_millis()));
+                let job = entry.job.clone().run_at(slot).unique_key(format!(
+                    "periodic:{}:{}",
+                    entry.name,
+                    slot.as_millis()
+                ));
                 let outcome = self.store.enqueue_in(&mut tx, vec![job]).await?;
                 let id = outcome.first().map(|o| o.id());
                 sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -703,7 +707,10 @@ mod tests {
     #[test]
     fn aliases_and_errors_name_the_rule() {
         assert_eq!(
-            "@hourly".parse::<Schedule>().unwrap().next_after(at(0, 0, 1)),
+            "@hourly"
+                .parse::<Schedule>()
+                .unwrap()
+                .next_after(at(0, 0, 1)),
             Some(at(0, 1, 0))
         );
         assert_eq!("* * *".parse::<Schedule>(), Err(CronError::FieldCount(3)));

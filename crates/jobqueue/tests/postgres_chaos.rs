@@ -85,7 +85,14 @@ async fn chaos_kills_and_cut_connections_lose_no_job_and_rerun_no_completed_one(
                     .max_attempts(MAX_ATTEMPTS)
             })
             .collect();
-        ids.extend(store.enqueue(jobs).await.unwrap().into_iter().map(|e| e.id()));
+        ids.extend(
+            store
+                .enqueue(jobs)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|e| e.id()),
+        );
     }
     assert_eq!(ids.len() as u64, JOBS);
 
@@ -185,7 +192,10 @@ async fn chaos_kills_and_cut_connections_lose_no_job_and_rerun_no_completed_one(
         ),
     )
     .await;
-    assert_eq!(never_ran, 0, "every completed job has a successful execution");
+    assert_eq!(
+        never_ran, 0,
+        "every completed job has a successful execution"
+    );
 
     let total = scalar(&store, format!("SELECT count(*) FROM {executions}")).await;
     let duplicates = scalar(

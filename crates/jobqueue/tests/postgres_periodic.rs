@@ -31,7 +31,12 @@ async fn periodic_slots_are_inserted_once_however_many_schedulers_run() {
     let mut schedulers = Vec::new();
     for _ in 0..3 {
         // Each scheduler has a pool of its own, as separate processes would.
-        let store = db.builder().test_clock(clock.clone()).connect().await.unwrap();
+        let store = db
+            .builder()
+            .test_clock(clock.clone())
+            .connect()
+            .await
+            .unwrap();
         let scheduler = PeriodicScheduler::builder(store)
             .schedule("every-minute", "* * * * *", report())
             .build()
@@ -61,9 +66,17 @@ async fn periodic_slots_are_inserted_once_however_many_schedulers_run() {
     let mut slots: Vec<i64> = jobs.iter().map(|j| j.run_at.as_millis()).collect();
     slots.dedup();
     assert_eq!(slots.len(), 6, "one job per slot");
-    assert_eq!(slots[0], start().as_millis() - 30_000, "the first slot is on the minute");
+    assert_eq!(
+        slots[0],
+        start().as_millis() - 30_000,
+        "the first slot is on the minute"
+    );
     assert!(slots.windows(2).all(|w| w[1] - w[0] == MINUTE));
-    assert!(jobs.iter().all(|j| j.unique_key.as_deref().is_some_and(|k| k.starts_with("periodic:every-minute:"))));
+    assert!(jobs.iter().all(|j| {
+        j.unique_key
+            .as_deref()
+            .is_some_and(|k| k.starts_with("periodic:every-minute:"))
+    }));
     store.close().await;
     db.cleanup();
 }
@@ -74,7 +87,12 @@ async fn after_downtime_each_catch_up_policy_inserts_what_it_states() {
         return;
     };
     let clock = ManualClock::new(start());
-    let store = db.builder().test_clock(clock.clone()).connect().await.unwrap();
+    let store = db
+        .builder()
+        .test_clock(clock.clone())
+        .connect()
+        .await
+        .unwrap();
     let scheduler = PeriodicScheduler::builder(store.clone())
         .schedule("latest", "* * * * *", report().queue("latest"))
         .catch_up(CatchUp::All { max: 3 })
@@ -90,7 +108,11 @@ async fn after_downtime_each_catch_up_policy_inserts_what_it_states() {
     // On time: every schedule inserts the slot of 00:00.
     let inserted = scheduler.tick().await.unwrap();
     assert_eq!(
-        [count(&inserted, "latest"), count(&inserted, "all"), count(&inserted, "skip")],
+        [
+            count(&inserted, "latest"),
+            count(&inserted, "all"),
+            count(&inserted, "skip")
+        ],
         [1, 1, 1]
     );
 

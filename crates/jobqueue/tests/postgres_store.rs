@@ -52,20 +52,24 @@ async fn outbox_jobs_exist_exactly_when_the_callers_transaction_commits() {
 
     // Rolled back: neither the order nor its job exists.
     let mut tx = store.pool().begin().await.unwrap();
-    sqlx::query(sqlx::AssertSqlSafe(format!("INSERT INTO {orders} VALUES (1)")))
-        .execute(&mut *tx)
-        .await
-        .unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO {orders} VALUES (1)"
+    )))
+    .execute(&mut *tx)
+    .await
+    .unwrap();
     let rolled_back = store.enqueue_in(&mut tx, vec![ping(1)]).await.unwrap();
     tx.rollback().await.unwrap();
     assert!(store.get(rolled_back[0].id()).await.unwrap().is_none());
 
     // Committed: both exist, and the job is invisible to claims until then.
     let mut tx = store.pool().begin().await.unwrap();
-    sqlx::query(sqlx::AssertSqlSafe(format!("INSERT INTO {orders} VALUES (2)")))
-        .execute(&mut *tx)
-        .await
-        .unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO {orders} VALUES (2)"
+    )))
+    .execute(&mut *tx)
+    .await
+    .unwrap();
     let conn = tx.acquire().await.unwrap();
     let committed = store.enqueue_in(conn, vec![ping(2)]).await.unwrap();
     assert!(
@@ -205,7 +209,11 @@ async fn heartbeats_and_outcomes_are_batched_and_fenced_by_lease() {
         ]
     );
     let untouched = store.get(claimed[1].id).await.unwrap().unwrap();
-    assert_eq!(untouched.state, JobState::Running, "a stale write changes nothing");
+    assert_eq!(
+        untouched.state,
+        JobState::Running,
+        "a stale write changes nothing"
+    );
     let retried = store.get(claimed[2].id).await.unwrap().unwrap();
     assert_eq!(retried.errors.len(), 1);
     assert_eq!(retried.errors[0].message, "later");
@@ -325,7 +333,10 @@ async fn prune_deletes_only_final_jobs_past_their_retention() {
     for id in &ids[..3] {
         assert!(store.get(*id).await.unwrap().is_none());
     }
-    assert!(store.get(ids[3]).await.unwrap().is_some(), "finished just now");
+    assert!(
+        store.get(ids[3]).await.unwrap().is_some(),
+        "finished just now"
+    );
     assert!(store.get(recent).await.unwrap().is_some());
 
     store.close().await;
@@ -355,7 +366,10 @@ async fn processes_starting_together_migrate_once() {
     .await
     .unwrap();
     assert_eq!(versions, vec![1, 2]);
-    stores[0].migrate().await.expect("migrating again is a no-op");
+    stores[0]
+        .migrate()
+        .await
+        .expect("migrating again is a no-op");
     for store in stores {
         store.close().await;
     }
@@ -413,7 +427,10 @@ async fn the_store_clock_is_the_test_clock_when_one_is_set() {
     tokio::time::sleep(Duration::from_secs(61)).await;
     let record = store.get(id).await.unwrap().unwrap();
     assert_eq!(record.state, JobState::Available);
-    assert_eq!(record.run_at.saturating_duration_since(record.created_at), Duration::from_secs(60));
+    assert_eq!(
+        record.run_at.saturating_duration_since(record.created_at),
+        Duration::from_secs(60)
+    );
     store.close().await;
     db.cleanup();
 }

@@ -1297,7 +1297,11 @@ async fn finish(
 const WORKER_LOST_PREFIX: &str = "worker lost: lease held by ";
 const WORKER_LOST_SUFFIX: &str = " expired without a heartbeat";
 
-async fn rescue(inner: &Inner, offset: Option<i64>, limit: usize) -> Result<Vec<Rescued>, StoreError> {
+async fn rescue(
+    inner: &Inner,
+    offset: Option<i64>,
+    limit: usize,
+) -> Result<Vec<Rescued>, StoreError> {
     let rows: Vec<(i64, i64, Option<String>, String)> = sqlx::query_as(sql(&inner.sql.rescue))
         .bind(offset)
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
@@ -1320,7 +1324,11 @@ async fn rescue(inner: &Inner, offset: Option<i64>, limit: usize) -> Result<Vec<
         .collect()
 }
 
-async fn redrive(inner: &Inner, offset: Option<i64>, ids: Vec<JobId>) -> Result<Vec<Redrive>, StoreError> {
+async fn redrive(
+    inner: &Inner,
+    offset: Option<i64>,
+    ids: Vec<JobId>,
+) -> Result<Vec<Redrive>, StoreError> {
     let op = "redrive";
     let mut out = Vec::with_capacity(ids.len());
     for id in ids {
@@ -1378,7 +1386,11 @@ async fn read_state(
     .transpose()
 }
 
-async fn cancel(inner: &Inner, offset: Option<i64>, ids: Vec<JobId>) -> Result<Vec<Cancel>, StoreError> {
+async fn cancel(
+    inner: &Inner,
+    offset: Option<i64>,
+    ids: Vec<JobId>,
+) -> Result<Vec<Cancel>, StoreError> {
     let mut out = Vec::with_capacity(ids.len());
     for id in ids {
         let cancelled = sqlx::query(sql(&inner.sql.cancel))
