@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use steadfast::backoff::{Backoff, ErrorClass, retry};
 use steadfast::batch::{Batch, CancelMode, CancellationToken, Outcome};
 use steadfast::chunk_upload::client::{
-    ClientConfig, FileUrlStore, Progress, Uploader, UrlStore as _,
+    ClientConfig, FileUrlStore, Progress, StoredUpload, Uploader, UrlStore,
 };
 use steadfast::chunk_upload::protocol::Metadata;
 use steadfast::ws_resilient::{self as ws, State as WsState};
@@ -199,7 +199,18 @@ pub(crate) async fn run(
 
     let files = walk(&options.dir, &options.state)?;
     let total_bytes = files.iter().map(|file| file.len).sum();
-    info!(files = files.len(), bytes = total_bytes, dir = %options.dir.display(), "ingesting");
+    let done = Done::load(options.state.join("done.json"))?;
+    let (earlier, todo): (Vec<Entry>, Vec<Entry>) = files
+        .into_iter()
+        .partition(|file| done.get(&file.fingerprint).is_some());
+    let todo_bytes = todo.iter().map(|file| file.len).sum();
+    info!(
+        files = earlier.len() + todo.len(),
+        bytes = total_bytes,
+        earlier = earlier.len(),
+        dir = %options.dir.display(),
+        "ingesting"
+    );
 
     let proxy = Arc::new(FaultProxy::start(options.server).await?);
     let chaos_stop = cancel.child_token();
@@ -212,9 +223,13 @@ pub(crate) async fn run(
     ));
     let base = format!("http://{}", proxy.local_addr());
 
-    let bars = Bars::new(options.progress, files.len() as u64, total_bytes);
+    let bars = Bars::new(options.progress, todo.len() as u64, todo_bytes);
     let (socket, follower) = follow_progress(&proxy, &bars, &cancel)?;
 
+    let urls = PathUrlStore {
+        inner: FileUrlStore::new(options.state.join("uploads.json")),
+        origin: base.clone(),
+    };
     let ctx = Arc::new(Ctx {
         uploader: Uploader::builder(format!("{base}/files"))
             .config(ClientConfig {
@@ -229,23 +244,28 @@ pub(crate) async fn run(
                     .max_delay(Duration::from_secs(2))
                     .max_attempts(30),
             )
-            .url_store(FileUrlStore::new(options.state.join("uploads.json")))
+            .url_store(urls.clone())
             .build()?,
-        urls: FileUrlStore::new(options.state.join("uploads.json")),
-        done: Done::load(options.state.join("done.json"))?,
+        urls,
+        done,
         cancel: cancel.clone(),
         bars: bars.clone(),
-        total_bytes,
+        todo_bytes,
         done_bytes: AtomicU64::new(0),
         midway: Mutex::new(midway),
     });
 
     let mut report = DemoReport {
-        files: files.len() as u64,
+        files: (earlier.len() + todo.len()) as u64,
         bytes: total_bytes,
+        skipped: earlier.len() as u64,
         ..DemoReport::default()
     };
-    let ids = upload_all(&ctx, files, concurrency, &mut report).await?;
+    let mut ids: HashMap<String, String> = earlier
+        .into_iter()
+        .filter_map(|file| Some((file.name, ctx.done.get(&file.fingerprint)?)))
+        .collect();
+    ids.extend(upload_all(&ctx, todo, concurrency, &mut report).await?);
     bars.uploads_done();
 
     if !cancel.is_cancelled() {
@@ -253,7 +273,8 @@ pub(crate) async fn run(
     }
     report.interrupted = cancel.is_cancelled();
     if report.interrupted {
-        report.pending = report.files - report.verified - report.dead - report.failed;
+        // Nothing was waited for: every file not known to have failed is unfinished.
+        report.pending = report.files.saturating_sub(report.failed);
     }
 
     chaos_stop.cancel();
@@ -274,6 +295,9 @@ struct Entry {
     name: String,
     path: PathBuf,
     len: u64,
+    /// Name, size and modification time: the key of its upload URL and of the record of
+    /// files done, so a changed file is uploaded again.
+    fingerprint: String,
 }
 
 /// Every regular file under `dir`, sorted, skipping build output, VCS data, dependencies
@@ -305,8 +329,20 @@ fn walk(dir: &Path, state: &Path) -> Result<Vec<Entry>, BoxError> {
                     .map(|part| part.as_os_str().to_string_lossy())
                     .collect::<Vec<_>>()
                     .join("/");
-                let len = entry.metadata()?.len();
-                files.push(Entry { name, path, len });
+                let metadata = entry.metadata()?;
+                let len = metadata.len();
+                let modified = metadata
+                    .modified()
+                    .ok()
+                    .and_then(|time| time.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map_or(0, |since| since.as_nanos());
+                let fingerprint = format!("{name}:{len}:{modified}");
+                files.push(Entry {
+                    name,
+                    path,
+                    len,
+                    fingerprint,
+                });
             }
         }
     }
@@ -403,12 +439,12 @@ fn follow_progress(
 
 /// What every upload task shares.
 struct Ctx {
-    uploader: Uploader<FileUrlStore>,
-    urls: FileUrlStore,
+    uploader: Uploader<PathUrlStore>,
+    urls: PathUrlStore,
     done: Done,
     cancel: CancellationToken,
     bars: Bars,
-    total_bytes: u64,
+    todo_bytes: u64,
     done_bytes: AtomicU64,
     midway: Mutex<Option<Box<dyn FnOnce() + Send>>>,
 }
@@ -417,7 +453,6 @@ struct Ctx {
 #[derive(Debug)]
 struct Sent {
     id: String,
-    earlier: bool,
     resumed: bool,
     resent: u64,
 }
@@ -449,8 +484,7 @@ async fn upload_all(
         let name = result.key.unwrap_or_default();
         match result.outcome {
             Outcome::Succeeded(sent) => {
-                report.skipped += u64::from(sent.earlier);
-                report.uploaded += u64::from(!sent.earlier);
+                report.uploaded += 1;
                 report.resumed += u64::from(sent.resumed);
                 report.resent += sent.resent;
                 ids.insert(name, sent.id);
@@ -482,18 +516,7 @@ async fn upload_one(ctx: Arc<Ctx>, file: Entry) -> Result<Sent, String> {
         .await
         .map_err(|error| error.to_string())?
         .map_err(|error| format!("cannot read the file: {error}"))?;
-    let fingerprint = format!("{}:{}:{sha256}", file.name, file.len);
-
-    if let Some(id) = ctx.done.get(&fingerprint) {
-        ctx.bars.bytes(file.len);
-        ctx.finished(file.len);
-        return Ok(Sent {
-            id,
-            earlier: true,
-            resumed: false,
-            resent: 0,
-        });
-    }
+    let fingerprint = file.fingerprint.clone();
     let earlier_url = ctx.urls.get(&fingerprint).await.ok().flatten().is_some();
 
     let mut metadata = Metadata::new();
@@ -525,7 +548,6 @@ async fn upload_one(ctx: Arc<Ctx>, file: Entry) -> Result<Sent, String> {
     let resent = seen.sent.saturating_sub(file.len);
     Ok(Sent {
         id,
-        earlier: false,
         resumed: earlier_url || seen.retried || resent > 0,
         resent,
     })
@@ -553,11 +575,12 @@ async fn watch_upload(mut progress: tokio::sync::watch::Receiver<Progress>, bars
 }
 
 impl Ctx {
-    /// Counts a file as uploaded and fires the midway hook at half the bytes.
+    /// Counts a file as uploaded and fires the midway hook once half the bytes this run
+    /// has to send are in.
     fn finished(&self, len: u64) {
         self.bars.file_done();
         let done = self.done_bytes.fetch_add(len, Ordering::SeqCst) + len;
-        if done.saturating_mul(2) >= self.total_bytes {
+        if done.saturating_mul(2) >= self.todo_bytes {
             let hook = self
                 .midway
                 .lock()
@@ -670,6 +693,53 @@ async fn fetch_report(
     .cancel(cancel.clone())
     .await
     .map_err(|error| error.to_string())
+}
+
+/// Remembers upload URLs without their origin, so that a rerun, whose proxy listens on
+/// another port, still finds its uploads.
+#[derive(Debug, Clone)]
+struct PathUrlStore {
+    inner: FileUrlStore,
+    /// `http://host:port` of this run's proxy.
+    origin: String,
+}
+
+/// The same upload with `rebase` applied to each of its URLs.
+fn rebase(upload: StoredUpload, rebase: impl Fn(&str) -> String) -> StoredUpload {
+    StoredUpload {
+        url: upload.url.as_deref().map(&rebase),
+        parts: upload.parts.iter().map(|part| rebase(part)).collect(),
+    }
+}
+
+/// The path (and query) of an absolute URL; other text unchanged.
+fn path_of(url: &str) -> String {
+    url.split_once("://")
+        .and_then(|(_, rest)| rest.find('/').map(|slash| rest[slash..].to_owned()))
+        .unwrap_or_else(|| url.to_owned())
+}
+
+impl UrlStore for PathUrlStore {
+    async fn get(&self, fingerprint: &str) -> std::io::Result<Option<StoredUpload>> {
+        let stored = self.inner.get(fingerprint).await?;
+        Ok(stored.map(|upload| {
+            rebase(upload, |url| {
+                if url.starts_with('/') {
+                    format!("{}{url}", self.origin)
+                } else {
+                    url.to_owned()
+                }
+            })
+        }))
+    }
+
+    async fn put(&self, fingerprint: &str, upload: StoredUpload) -> std::io::Result<()> {
+        self.inner.put(fingerprint, rebase(upload, path_of)).await
+    }
+
+    async fn remove(&self, fingerprint: &str) -> std::io::Result<()> {
+        self.inner.remove(fingerprint).await
+    }
 }
 
 /// Files finished in earlier runs, by fingerprint, kept in a JSON file rewritten
