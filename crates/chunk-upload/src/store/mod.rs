@@ -234,3 +234,53 @@ pub trait UploadWriter: Send + 'static {
     /// I/O errors.
     fn abort(self) -> impl Future<Output = Result<u64, StoreError>> + Send;
 }
+
+/// Limits of a store that keeps an upload as numbered parts (S3-style multipart).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PartLimits {
+    /// Smallest part allowed, except for the last one.
+    pub min_part: u64,
+    /// Largest part allowed.
+    pub max_part: u64,
+    /// Most parts one upload may have.
+    pub max_parts: u32,
+}
+
+impl PartLimits {
+    /// The limits of Amazon S3 multipart uploads: 5 MiB to 5 GiB per part, 10,000 parts.
+    pub const S3: PartLimits = PartLimits {
+        min_part: 5 << 20,
+        max_part: 5 << 30,
+        max_parts: 10_000,
+    };
+
+    /// The part size for an upload of `length` bytes: the minimum part size, raised (in
+    /// whole MiB) just enough that `length` fits in `max_parts` parts. `None` when even
+    /// parts of `max_part` bytes cannot hold it. A deferred length should be planned with
+    /// the largest length the server accepts.
+    pub fn part_size(&self, length: u64) -> Option<u64> {
+        const MIB: u64 = 1 << 20;
+        let needed = length.div_ceil(u64::from(self.max_parts.max(1)));
+        let size = needed.max(self.min_part).div_ceil(MIB).saturating_mul(MIB);
+        let size = size.max(self.min_part);
+        (size <= self.max_part).then_some(size)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn part_sizes_keep_the_count_within_the_limit() {
+        let s3 = PartLimits::S3;
+        assert_eq!(s3.part_size(60 << 20), Some(5 << 20));
+        assert_eq!(s3.part_size(0), Some(5 << 20));
+        let size = s3.part_size(60 << 30).unwrap();
+        assert!((60u64 << 30).div_ceil(size) <= 10_000, "{size}");
+        assert!(size > 5 << 20);
+        assert_eq!(s3.part_size(5 << 40), None);
+        let exact = s3.part_size(50_000 << 20).unwrap();
+        assert_eq!(exact, 5 << 20);
+    }
+}
