@@ -8,7 +8,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
-use futures_util::{Stream, StreamExt};
+use futures_util::{FutureExt, Stream, StreamExt};
 use tokio::sync::{mpsc, watch};
 use tokio::task::{self, JoinError, JoinSet};
 use tokio::time::{Instant, sleep_until};
@@ -151,12 +151,15 @@ where
         loop {
             // Flushing first matters: once the last results are handed over the run is
             // done, and nothing would wake the loop to notice it.
-            self.flush();
+            self.settle();
             if self.is_done() {
                 break;
             }
 
             let now = Instant::now();
+            if self.dirty && now >= self.last_publish + self.config.progress_interval {
+                self.publish(false);
+            }
             let can_start = self.can_start();
             let rate_wait = can_start && self.next_start.is_some_and(|at| at > now);
             let next_start = self.next_start;
@@ -188,12 +191,30 @@ where
             }
 
             self.dirty |= !only_a_tick;
-            if self.dirty && Instant::now() >= self.last_publish + self.config.progress_interval {
-                self.publish(false);
-            }
         }
 
         self.end().await
+    }
+
+    /// Does what is ready without waiting: takes the ends of finished items, hands results
+    /// over, and starts items from an input that has them at once. One pass of this per
+    /// wake-up, rather than one wake-up per event, keeps the cost per item low.
+    fn settle(&mut self) {
+        if !self.cancel_seen && self.cancel.is_cancelled() {
+            self.on_cancel();
+        }
+        while let Some(joined) = self.tasks.try_join_next_with_id() {
+            self.on_joined(joined);
+        }
+        self.flush();
+
+        while self.can_start() && !self.next_start.is_some_and(|at| at > Instant::now()) {
+            match self.input.next().now_or_never() {
+                Some(Some(item)) => self.start(item),
+                Some(None) => self.input_exhausted = true,
+                None => break,
+            }
+        }
     }
 
     /// Hands finished results to the consumer while the buffer has room.
