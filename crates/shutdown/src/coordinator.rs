@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::task::{AbortHandle, JoinError, JoinHandle};
-use tokio::time::{Instant, sleep_until, timeout};
+use tokio::time::{Instant, sleep_until, timeout, timeout_at};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tokio_util::task::task_tracker::TaskTrackerToken;
@@ -123,78 +123,12 @@ impl Shutdown {
         let inner = Arc::clone(&self.handle.inner);
         inner.triggered.cancelled().await;
         let (trigger, triggered_at) = inner.trigger_info();
-        let config = &inner.config;
-        let mut phases = Vec::new();
 
-        if !config.drain_delay.is_zero() {
-            let started = Instant::now();
-            info!(delay = ?config.drain_delay, "still serving through the drain delay");
-            let delay_end = add_saturating(triggered_at, config.drain_delay);
-            tokio::select! {
-                biased;
-                () = inner.forced.cancelled() => {
-                    return inner.interrupted(trigger, phases, Vec::new(), Vec::new());
-                }
-                () = sleep_until(delay_end) => {}
-            }
-            phases.push(finish_phase(Phase::Delay, started));
+        let mut progress = Progress::default();
+        match inner.walk_phases(triggered_at, &mut progress).await {
+            Ok(()) => inner.report(trigger, progress),
+            Err(Interrupted { steps }) => inner.interrupted(trigger, progress, steps),
         }
-
-        let started = Instant::now();
-        info!("draining: no longer accepting, waiting for in-flight work");
-        inner.draining.cancel();
-        inner.tracker.close();
-        inner.tasks.close();
-        let deadline = add_saturating(triggered_at, config.drain_deadline);
-        let drained = tokio::select! {
-            biased;
-            () = inner.forced.cancelled() => {
-                return inner.interrupted(trigger, phases, Vec::new(), Vec::new());
-            }
-            _ = async { tokio::join!(inner.tracker.wait(), inner.tasks.wait()) } => true,
-            () = sleep_until(deadline) => false,
-        };
-        phases.push(finish_phase(Phase::Drain, started));
-
-        let mut records = Vec::new();
-        if !drained {
-            let started = Instant::now();
-            let cut = inner.abort_running();
-            let names: Vec<&str> = cut.iter().map(|record| record.name.as_str()).collect();
-            warn!(still_running = ?names, "drain deadline reached; aborting what is left");
-            records.extend(cut);
-
-            // Let the aborts land before teardown takes resources away from those tasks.
-            if timeout(ABORT_GRACE, inner.tasks.wait()).await.is_err() {
-                warn!("aborted tasks are still running; they may be stuck in blocking code");
-            }
-            phases.push(finish_phase(Phase::Cancel, started));
-        }
-
-        let started = Instant::now();
-        let mut steps = inner.take_steps();
-        while let Some(step) = steps.pop() {
-            let (name, kind) = (step.name.clone(), step.kind());
-            let step_started = Instant::now();
-            let end = tokio::select! {
-                biased;
-                () = inner.forced.cancelled() => {
-                    records.push(Record { name, kind, end: End::Forced });
-                    return inner.interrupted(trigger, phases, records, steps);
-                }
-                end = step.run() => end,
-            };
-            let took = step_started.elapsed();
-            if end == End::Completed {
-                info!(step = %name, %kind, ?took, "teardown step done");
-            } else {
-                warn!(step = %name, %kind, ?took, %end, "teardown step did not finish cleanly");
-            }
-            records.push(Record { name, kind, end });
-        }
-        phases.push(finish_phase(Phase::Teardown, started));
-
-        inner.report(trigger, phases, records)
     }
 }
 
@@ -519,6 +453,26 @@ struct State {
     steps: Vec<Step>,
 }
 
+/// What the phases have done so far: their timings and the records they produced.
+#[derive(Default)]
+struct Progress {
+    phases: Vec<(Phase, Duration)>,
+    records: Vec<Record>,
+}
+
+impl Progress {
+    fn phase(&mut self, phase: Phase, started: Instant) {
+        let took = started.elapsed();
+        info!(%phase, ?took, "shutdown phase finished");
+        self.phases.push((phase, took));
+    }
+}
+
+/// A second signal cut the phases short; `steps` are the teardown steps not yet run.
+struct Interrupted {
+    steps: Vec<Step>,
+}
+
 struct Running {
     name: String,
     kind: Kind,
@@ -700,6 +654,115 @@ impl Inner {
             .collect()
     }
 
+    /// Runs the phases after the trigger, stopping early if a second signal forces exit.
+    async fn walk_phases(
+        &self,
+        triggered_at: Instant,
+        progress: &mut Progress,
+    ) -> Result<(), Interrupted> {
+        self.delay(triggered_at, progress).await?;
+        let drained = self.drain(triggered_at, progress).await?;
+        if !drained {
+            self.cancel(progress).await;
+        }
+        self.teardown(progress).await
+    }
+
+    /// Keeps serving, not ready, through the drain delay.
+    async fn delay(
+        &self,
+        triggered_at: Instant,
+        progress: &mut Progress,
+    ) -> Result<(), Interrupted> {
+        let delay = self.config.drain_delay;
+        if delay.is_zero() {
+            return Ok(());
+        }
+
+        let started = Instant::now();
+        info!(?delay, "still serving through the drain delay");
+        self.unless_forced(sleep_until(add_saturating(triggered_at, delay)))
+            .await?;
+        progress.phase(Phase::Delay, started);
+        Ok(())
+    }
+
+    /// Stops accepting and waits for registered work; `false` if the deadline came first.
+    async fn drain(
+        &self,
+        triggered_at: Instant,
+        progress: &mut Progress,
+    ) -> Result<bool, Interrupted> {
+        let started = Instant::now();
+        info!("draining: no longer accepting, waiting for in-flight work");
+        self.draining.cancel();
+        self.tracker.close();
+        self.tasks.close();
+
+        let deadline = add_saturating(triggered_at, self.config.drain_deadline);
+        let all_done = async {
+            tokio::join!(self.tracker.wait(), self.tasks.wait());
+        };
+        let drained = self
+            .unless_forced(timeout_at(deadline, all_done))
+            .await?
+            .is_ok();
+        progress.phase(Phase::Drain, started);
+        Ok(drained)
+    }
+
+    /// Aborts what is still running at the deadline.
+    async fn cancel(&self, progress: &mut Progress) {
+        let started = Instant::now();
+        let cut = self.abort_running();
+        let names: Vec<&str> = cut.iter().map(|record| record.name.as_str()).collect();
+        warn!(still_running = ?names, "drain deadline reached; aborting what is left");
+        progress.records.extend(cut);
+
+        // Let the aborts land before teardown takes resources away from those tasks.
+        if timeout(ABORT_GRACE, self.tasks.wait()).await.is_err() {
+            warn!("aborted tasks are still running; they may be stuck in blocking code");
+        }
+        progress.phase(Phase::Cancel, started);
+    }
+
+    /// Stops stages and runs hooks, last registered first.
+    async fn teardown(&self, progress: &mut Progress) -> Result<(), Interrupted> {
+        let started = Instant::now();
+        let mut steps = self.take_steps();
+        while let Some(step) = steps.pop() {
+            let (name, kind) = (step.name.clone(), step.kind());
+            let step_started = Instant::now();
+            let Ok(end) = self.unless_forced(step.run()).await else {
+                progress.records.push(Record {
+                    name,
+                    kind,
+                    end: End::Forced,
+                });
+                return Err(Interrupted { steps });
+            };
+
+            let took = step_started.elapsed();
+            if end == End::Completed {
+                info!(step = %name, %kind, ?took, "teardown step done");
+            } else {
+                warn!(step = %name, %kind, ?took, %end, "teardown step did not finish cleanly");
+            }
+            progress.records.push(Record { name, kind, end });
+        }
+        progress.phase(Phase::Teardown, started);
+        Ok(())
+    }
+
+    /// Runs `future` unless a second signal forces exit first.
+    async fn unless_forced<T>(&self, future: impl Future<Output = T>) -> Result<T, Interrupted> {
+        tokio::select! {
+            biased;
+            () = self.forced.cancelled() => Err(Interrupted { steps: Vec::new() }),
+            value = future => Ok(value),
+        }
+    }
+
     fn take_steps(&self) -> Vec<Step> {
         std::mem::take(&mut self.lock().steps)
     }
@@ -708,10 +771,10 @@ impl Inner {
     fn interrupted(
         &self,
         trigger: Trigger,
-        phases: Vec<(Phase, Duration)>,
-        mut records: Vec<Record>,
+        mut progress: Progress,
         mut steps: Vec<Step>,
     ) -> Report {
+        let records = &mut progress.records;
         records.extend(self.abort_running());
         steps.extend(self.take_steps());
         for step in steps.into_iter().rev() {
@@ -739,26 +802,21 @@ impl Inner {
             .map(|record| record.name.as_str())
             .collect();
         warn!(?not_stopped, "exiting at once; these had not stopped");
-        self.report(trigger, phases, records)
+        self.report(trigger, progress)
     }
 
-    fn report(
-        &self,
-        trigger: Trigger,
-        phases: Vec<(Phase, Duration)>,
-        records: Vec<Record>,
-    ) -> Report {
+    fn report(&self, trigger: Trigger, progress: Progress) -> Report {
         let (mut all, forced_by) = {
             let mut state = self.lock();
             (std::mem::take(&mut state.ended), state.forced_by)
         };
-        all.extend(records);
+        all.extend(progress.records);
         let outcome = outcome_of(forced_by, &trigger, &all);
 
         Report {
             trigger,
             outcome,
-            phases,
+            phases: progress.phases,
             records: all,
             exit_codes: self.config.exit_codes,
         }
@@ -864,12 +922,6 @@ fn panic_message(payload: Box<dyn Any + Send>) -> String {
             Err(_) => "a panic without a message".to_owned(),
         },
     }
-}
-
-fn finish_phase(phase: Phase, started: Instant) -> (Phase, Duration) {
-    let took = started.elapsed();
-    info!(%phase, ?took, "shutdown phase finished");
-    (phase, took)
 }
 
 fn add_saturating(instant: Instant, duration: Duration) -> Instant {
