@@ -208,7 +208,7 @@ where
         }
         self.flush();
 
-        while self.can_start() && !self.next_start.is_some_and(|at| at > Instant::now()) {
+        while self.can_start() && self.next_start.is_none_or(|at| at <= Instant::now()) {
             match self.input.next().now_or_never() {
                 Some(Some(item)) => self.start(item),
                 Some(None) => self.input_exhausted = true,
