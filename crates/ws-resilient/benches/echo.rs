@@ -1,1 +1,203 @@
-fn main() {}
+//! Echo throughput through the client against raw tokio-tungstenite in the same run, and
+//! the time from a server restart to a reconnected client.
+//!
+//! Prints `bench <name>: <value> <unit>` lines.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use steadfast_ws_resilient::{
+    Backoff, BufferConfig, Client, Config, Jitter, Message, Overflow, State,
+};
+use tokio::net::{TcpListener, TcpSocket};
+use tokio::task::JoinSet;
+use tokio_tungstenite::tungstenite::Message as Frame;
+
+/// Rounds per figure; the median is reported.
+const ROUNDS: usize = 5;
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        for (name, size, count) in [("64b", 64, 50_000), ("16kib", 16 << 10, 5_000)] {
+            let (server, _echo) = echo_server(None).await;
+            let mut raw = Vec::new();
+            let mut ours = Vec::new();
+            for _ in 0..ROUNDS {
+                raw.push(raw_echo(server, size, count).await);
+                ours.push(client_echo(server, size, count).await);
+            }
+            let raw = median(raw);
+            let ours = median(ours);
+            println!("bench echo_{name}_raw: {raw:.0} msg/s");
+            println!("bench echo_{name}_client: {ours:.0} msg/s");
+            println!("bench echo_{name}_ratio: {:.3} ratio", ours / raw);
+        }
+
+        let initial = Duration::from_millis(100);
+        let mut after_restart = Vec::new();
+        let mut after_drop = Vec::new();
+        for _ in 0..ROUNDS {
+            let (restart, drop) = reconnect_after_restart(initial).await;
+            after_restart.push(restart.as_secs_f64() * 1e3);
+            after_drop.push(drop.as_secs_f64() * 1e3);
+        }
+        let after_drop = median(after_drop);
+        println!("bench reconnect_initial_delay: {} ms", initial.as_millis());
+        println!(
+            "bench reconnect_restart_to_open: {:.1} ms",
+            median(after_restart)
+        );
+        println!("bench reconnect_drop_to_open: {after_drop:.1} ms");
+        println!(
+            "bench reconnect_drop_to_open_vs_initial_delay: {:.3} ratio",
+            after_drop / initial.as_secs_f64() / 1e3
+        );
+    });
+}
+
+/// An echo server; `at` rebinds a given address (a restart).
+async fn echo_server(at: Option<SocketAddr>) -> (SocketAddr, JoinSet<()>) {
+    let socket = TcpSocket::new_v4().expect("socket");
+    socket.set_reuseaddr(true).expect("reuseaddr");
+    socket
+        .bind(at.unwrap_or_else(|| "127.0.0.1:0".parse().expect("address")))
+        .expect("bind");
+    let listener: TcpListener = socket.listen(1024).expect("listen");
+    let addr = listener.local_addr().expect("address");
+    let mut tasks = JoinSet::new();
+    tasks.spawn(async move {
+        let mut connections = JoinSet::new();
+        while let Ok((tcp, _)) = listener.accept().await {
+            connections.spawn(async move {
+                let _ = tcp.set_nodelay(true);
+                let Ok(ws) = tokio_tungstenite::accept_async(tcp).await else {
+                    return;
+                };
+                let (mut sink, mut stream) = ws.split();
+                while let Some(Ok(frame)) = stream.next().await {
+                    if frame.is_text() || frame.is_binary() {
+                        if sink.send(frame).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (addr, tasks)
+}
+
+/// Messages per second through a raw tokio-tungstenite client, sending while receiving.
+async fn raw_echo(server: SocketAddr, size: usize, count: usize) -> f64 {
+    let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{server}"))
+        .await
+        .expect("connect");
+    let (mut sink, mut stream) = ws.split();
+    let payload = bytes::Bytes::from(vec![7u8; size]);
+    let started = Instant::now();
+
+    let writer = tokio::spawn(async move {
+        for _ in 0..count {
+            sink.feed(Frame::Binary(payload.clone()))
+                .await
+                .expect("feed");
+        }
+        sink.flush().await.expect("flush");
+        sink
+    });
+    let mut received = 0;
+    while received < count {
+        match stream.next().await {
+            Some(Ok(Frame::Binary(_))) => received += 1,
+            Some(Ok(_)) => {}
+            other => panic!("echo ended early: {other:?}"),
+        }
+    }
+    let elapsed = started.elapsed();
+    let _ = writer.await;
+    count as f64 / elapsed.as_secs_f64()
+}
+
+/// The same through our client.
+async fn client_echo(server: SocketAddr, size: usize, count: usize) -> f64 {
+    let config = Config {
+        buffer: BufferConfig {
+            max_messages: 4096,
+            max_bytes: 64 << 20,
+            overflow: Overflow::Wait,
+            max_age: None,
+        },
+        ..Config::default()
+    };
+    let (client, mut incoming) = Client::builder(format!("ws://{server}"))
+        .config(config)
+        .build()
+        .expect("client");
+    let mut state = client.state();
+    state.wait_for(State::is_open).await.expect("open");
+    let payload = bytes::Bytes::from(vec![7u8; size]);
+    let started = Instant::now();
+
+    let sender = client.clone();
+    let writer = tokio::spawn(async move {
+        for _ in 0..count {
+            sender
+                .send(Message::Binary(payload.clone()))
+                .await
+                .expect("send");
+        }
+    });
+    let mut received = 0;
+    let mut batch = Vec::with_capacity(1024);
+    while received < count {
+        let got = incoming.recv_many(&mut batch, 1024).await;
+        assert!(got > 0, "echo ended early");
+        received += got;
+        batch.clear();
+    }
+    let elapsed = started.elapsed();
+    let _ = writer.await;
+    client.close().await;
+    count as f64 / elapsed.as_secs_f64()
+}
+
+/// Kills the server, restarts it on the same address and measures how long the client
+/// takes to be open again: from the restart, and from the drop.
+async fn reconnect_after_restart(initial: Duration) -> (Duration, Duration) {
+    let (server, tasks) = echo_server(None).await;
+    let config = Config {
+        backoff: Backoff::exponential(initial)
+            .jitter(Jitter::None)
+            .unlimited_attempts(),
+        ..Config::default()
+    };
+    let (client, _incoming) = Client::builder(format!("ws://{server}"))
+        .config(config)
+        .build()
+        .expect("client");
+    let mut state = client.state();
+    state.wait_for(State::is_open).await.expect("open");
+
+    let dropped = Instant::now();
+    drop(tasks);
+    state
+        .wait_for(|state| !state.is_open())
+        .await
+        .expect("noticed");
+    let (_, _restarted_tasks) = echo_server(Some(server)).await;
+    let restarted = Instant::now();
+    state.wait_for(State::is_open).await.expect("reopened");
+    let open = Instant::now();
+    client.close().await;
+    (open - restarted, open - dropped)
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}

@@ -379,6 +379,17 @@ impl Incoming {
     pub async fn recv(&mut self) -> Option<Message> {
         self.receiver.recv().await
     }
+
+    /// Appends up to `limit` waiting messages to `buffer`, waiting only if none is waiting;
+    /// returns how many were added, 0 once the client is closed and every message was read.
+    /// Cheaper than [`Incoming::recv`] per message under load.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe.
+    pub async fn recv_many(&mut self, buffer: &mut Vec<Message>, limit: usize) -> usize {
+        self.receiver.recv_many(buffer, limit).await
+    }
 }
 
 /// Given to the on-connect hook: writes messages on the new connection ahead of everything

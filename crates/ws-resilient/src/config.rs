@@ -37,7 +37,7 @@ pub struct Config {
     pub hook_timeout: Duration,
     /// The outbound buffer.
     pub buffer: BufferConfig,
-    /// What happens after the rules table, close codes and handshake statuses.
+    /// The rule table: what each close code and handshake status means.
     pub rules: Rules,
     /// Received messages held for the application before the client stops reading the
     /// socket (default 1024).

@@ -157,12 +157,23 @@ impl Outbox {
 
     /// Takes the next message that may still be sent, discarding expired ones and ones
     /// meant for an earlier connection.
+    #[cfg(test)]
     pub(crate) fn take(&self, discards: &mut Discards) -> Option<Message> {
+        let mut batch = Vec::with_capacity(1);
+        self.take_batch(&mut batch, 1, discards);
+        batch.pop()
+    }
+
+    /// Moves up to `max` sendable messages into `batch` under one lock, with the same
+    /// discarding as [`Outbox::take`].
+    pub(crate) fn take_batch(&self, batch: &mut Vec<Message>, max: usize, discards: &mut Discards) {
         let mut queue = self.lock();
         let now = Instant::now();
-        let mut taken = None;
 
-        while let Some(entry) = queue.entries.pop_front() {
+        while batch.len() < max {
+            let Some(entry) = queue.entries.pop_front() else {
+                break;
+            };
             queue.bytes -= entry.message.len();
             if self
                 .config
@@ -176,13 +187,11 @@ impl Outbox {
                 discards.not_replayable += 1;
                 continue;
             }
-            taken = Some(entry.message);
-            break;
+            batch.push(entry.message);
         }
         drop(queue);
 
         self.room.notify_waiters();
-        taken
     }
 
     /// Records which connection is open (hook done), or that none is.

@@ -34,6 +34,10 @@ type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 /// several writes and control frames get their turn.
 const MAX_BATCH: usize = 256;
 
+/// Most batches fed per wake-up before a flush; tungstenite writes out on its own whenever
+/// its write buffer fills, so this only bounds how long a ping may wait behind data.
+const MAX_ROUNDS: usize = 16;
+
 /// Messages from the supervisor to the writer of one connection.
 #[derive(Debug)]
 pub(crate) enum Control {
@@ -299,7 +303,8 @@ impl Supervisor {
         if in_flight > 0 {
             report_discards(&shared, DiscardReason::LostInFlight, in_flight);
         }
-        if let Ended::Stop(_) = &ended {
+        if let Ended::Stop(reason) = &ended {
+            debug!(?reason, "closing");
             shared.state.send_replace(State::Closing);
             shared.outbox.refuse();
             close_gracefully(&mut sink, &mut stream, config.close_timeout).await;
@@ -450,23 +455,32 @@ async fn write(
         }
         if hook_done {
             let mut discards = Discards::default();
-            let mut batch = 0;
-            while batch < MAX_BATCH {
-                let Some(message) = shared.outbox.take(&mut discards) else {
+            let mut batch = Vec::with_capacity(MAX_BATCH);
+            let mut rounds = 0;
+            loop {
+                shared
+                    .outbox
+                    .take_batch(&mut batch, MAX_BATCH, &mut discards);
+                let full = batch.len() == MAX_BATCH;
+                // Taken messages count as in flight until a flush succeeds.
+                *in_flight += batch.len() as u64;
+                for message in batch.drain(..) {
+                    if let Err(error) = sink.feed(message.into_frame()).await {
+                        return Error::WebSocket(Arc::new(error));
+                    }
+                }
+                rounds += 1;
+                if !full {
                     break;
-                };
-                *in_flight += 1;
-                batch += 1;
-                if let Err(error) = sink.feed(message.into_frame()).await {
-                    return Error::WebSocket(Arc::new(error));
+                }
+                if rounds == MAX_ROUNDS {
+                    // More is waiting: flush, let pings through, and come back at once.
+                    shared.outbox.ready.notify_one();
+                    break;
                 }
             }
             for (reason, count) in discards.reasons() {
                 report_discards(shared, reason, count);
-            }
-            if batch == MAX_BATCH {
-                // More may be waiting: come back without sleeping.
-                shared.outbox.ready.notify_one();
             }
         }
         if let Err(error) = sink.flush().await {
@@ -576,6 +590,14 @@ async fn read(
 /// the socket is not read and the liveness check is suspended.
 async fn deliver(message: Message, incoming: &mpsc::Sender<Message>, shared: &Shared) {
     Counters::add(&shared.counters.messages_received, 1);
+    let message = match incoming.try_send(message) {
+        Ok(()) => return,
+        Err(mpsc::error::TrySendError::Full(message)) => message,
+        Err(mpsc::error::TrySendError::Closed(_)) => {
+            Counters::add(&shared.counters.unread, 1);
+            return;
+        }
+    };
     if incoming.send(message).await.is_err() {
         // The application dropped its `Incoming`: it chose not to read.
         Counters::add(&shared.counters.unread, 1);

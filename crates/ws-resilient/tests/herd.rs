@@ -109,7 +109,10 @@ async fn herd(master_seed: u64) -> Run {
     for (client, _) in &clients {
         client.close().await;
     }
-    Run { first_wave, rejected }
+    Run {
+        first_wave,
+        rejected,
+    }
 }
 
 #[tokio::test(start_paused = true)]
@@ -117,10 +120,18 @@ async fn ws_06_many_clients_dropped_at_once_do_not_reconnect_in_lockstep() {
     let run = herd(7).await;
 
     let immediate = run.first_wave.iter().filter(|at| **at == 0).count();
-    assert!(immediate < CLIENTS, "the first reconnects do not all land at t = 0");
+    assert!(
+        immediate < CLIENTS,
+        "the first reconnects do not all land at t = 0"
+    );
     let busiest = (0..=1_000)
         .step_by(10)
-        .map(|start| run.first_wave.iter().filter(|at| (start..start + 100).contains(*at)).count())
+        .map(|start| {
+            run.first_wave
+                .iter()
+                .filter(|at| (start..start + 100).contains(*at))
+                .count()
+        })
         .max()
         .unwrap();
     assert!(busiest <= 40, "{busiest} reconnects in one 100 ms window");
@@ -133,9 +144,16 @@ async fn ws_06_many_clients_dropped_at_once_do_not_reconnect_in_lockstep() {
             capped_gaps.insert(pair[1] - pair[0]);
         }
     }
-    assert!(capped_gaps.len() > 50, "only {} distinct waits at the cap", capped_gaps.len());
+    assert!(
+        capped_gaps.len() > 50,
+        "only {} distinct waits at the cap",
+        capped_gaps.len()
+    );
     assert!(capped_gaps.iter().all(|gap| *gap <= 30_000));
 
     let again = herd(7).await;
-    assert_eq!(run, again, "the same master seed reproduces every attempt time");
+    assert_eq!(
+        run, again,
+        "the same master seed reproduces every attempt time"
+    );
 }
