@@ -9,6 +9,8 @@ use futures_util::Stream;
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep, sleep_until};
 
+use crate::driver::later;
+
 pin_project! {
     /// A stream of chunks: up to `max_items` items each, handed out as soon as a chunk is
     /// full or `max_wait` after its first item arrived, whichever comes first.
@@ -68,7 +70,7 @@ impl<S: Stream> Stream for Chunks<S> {
             match this.stream.as_mut().poll_next(cx) {
                 Poll::Ready(Some(item)) => {
                     if this.buffer.is_empty() {
-                        let deadline = Instant::now() + *this.max_wait;
+                        let deadline = later(Instant::now(), *this.max_wait);
                         match this.timer {
                             Some(timer) => timer.as_mut().reset(deadline),
                             None => *this.timer = Some(Box::pin(sleep_until(deadline))),

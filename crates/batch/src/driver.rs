@@ -5,6 +5,7 @@ use std::any::Any;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt::Display;
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::time::Duration;
 
@@ -108,7 +109,7 @@ where
         let rate_period = parts
             .config
             .rate_limit
-            .and_then(|rate| Duration::try_from_secs_f64(1.0 / rate).ok());
+            .map(|rate| Duration::try_from_secs_f64(1.0 / rate).unwrap_or(Duration::MAX));
 
         Self {
             config: parts.config,
@@ -157,7 +158,7 @@ where
             }
 
             let now = Instant::now();
-            if self.dirty && now >= self.last_publish + self.config.progress_interval {
+            if self.dirty && now >= later(self.last_publish, self.config.progress_interval) {
                 self.publish(false);
             }
             let can_start = self.can_start();
@@ -166,7 +167,7 @@ where
             let deadline = self.stop_deadline;
             let publish_at = self
                 .dirty
-                .then(|| self.last_publish + self.config.progress_interval);
+                .then(|| later(self.last_publish, self.config.progress_interval));
             let mut only_a_tick = false;
 
             tokio::select! {
@@ -261,7 +262,7 @@ where
         let index = self.next_index;
         self.next_index += 1;
 
-        let key = self.key.as_ref().map(|key| key(&item));
+        let key = self.key.as_ref().map(|key| key_of(key, &item));
         let handle = self.tasks.spawn((self.make)(item));
         let now = Instant::now();
         self.running.insert(
@@ -274,7 +275,7 @@ where
         );
 
         if let Some(period) = self.rate_period {
-            self.next_start = Some(now + period);
+            self.next_start = Some(later(now, period));
         }
         trace!(index, in_flight = self.tasks.len(), "item started");
     }
@@ -331,7 +332,7 @@ where
                 }
             }
             ErrorPolicy::SkipUpTo(limit) => {
-                if counts.skipped < limit && !self.stopped {
+                if counts.skipped < limit {
                     return Outcome::Skipped(failure);
                 }
                 self.trip(StopReason::SkipLimit { limit });
@@ -413,11 +414,11 @@ where
             self.abort_running();
             return;
         }
-        let deadline = Instant::now().checked_add(grace);
-        self.stop_deadline = match (self.stop_deadline, deadline) {
-            (Some(earlier), Some(later)) => Some(earlier.min(later)),
-            (earlier, later) => earlier.or(later),
-        };
+        let deadline = later(Instant::now(), grace);
+        self.stop_deadline = Some(
+            self.stop_deadline
+                .map_or(deadline, |earlier| earlier.min(deadline)),
+        );
     }
 
     fn abort_running(&mut self) {
@@ -482,6 +483,25 @@ where
 /// says whether the consumer is still there.
 async fn has_room<R>(results: &mpsc::Sender<R>) -> bool {
     results.reserve().await.is_ok()
+}
+
+/// `at + after`, saturating at a point decades away instead of overflowing.
+pub(crate) fn later(at: Instant, after: Duration) -> Instant {
+    at.checked_add(after)
+        .or_else(|| at.checked_add(FAR_FUTURE))
+        .unwrap_or(at)
+}
+
+/// What "never" means for a deadline: far enough that no run reaches it.
+const FAR_FUTURE: Duration = Duration::from_secs(60 * 60 * 24 * 365 * 30);
+
+/// The item's key; a panicking key function gives a key saying so rather than ending
+/// the whole run.
+fn key_of<T>(key: &KeyFn<T>, item: &T) -> String {
+    match std::panic::catch_unwind(AssertUnwindSafe(|| key(item))) {
+        Ok(key) => key,
+        Err(payload) => format!("<key function panicked: {}>", panic_message(payload)),
+    }
 }
 
 /// Sleeps until `at`, or forever when there is no such instant.

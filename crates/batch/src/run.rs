@@ -126,6 +126,10 @@ impl<S, V, E> BatchRun<S, V, E> {
     /// # Errors
     ///
     /// As for [`finish`](Self::finish); the results read are returned either way.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe: dropping the future drops the run and the results read so far.
     pub async fn collect_all(
         mut self,
     ) -> (Vec<ItemResult<V, E>>, Result<Finished<S>, BatchError<S>>) {
@@ -187,6 +191,10 @@ impl<S> Finished<S> {
     /// whole input rather than only what the run took.
     ///
     /// Never ends on an endless input.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe: dropping the future drops the report and the input.
     pub async fn into_full_report(self) -> Report
     where
         S: Stream + Unpin,

@@ -278,3 +278,54 @@ async fn a_policy_stop_gives_running_items_the_stop_grace() {
         (3, 0)
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_panicking_key_function_marks_the_key_and_the_run_goes_on() {
+    let batch = Batch::builder().build().expect("valid settings");
+    let run = batch.run_keyed(
+        0..3u32,
+        |index: &u32| {
+            assert!(*index != 1, "no key for {index}");
+            index.to_string()
+        },
+        |index| async move { Ok::<_, Infallible>(index) },
+    );
+
+    let (results, finished) = run.collect_all().await;
+
+    assert_eq!(
+        finished.expect("ends normally").report().counts().succeeded,
+        3
+    );
+    let odd = results
+        .iter()
+        .find(|result| result.index == 1)
+        .expect("item 1 reported");
+    assert_eq!(
+        odd.key.as_deref(),
+        Some("<key function panicked: no key for 1>")
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_extremely_low_rate_saturates_instead_of_overflowing() {
+    let token = steadfast_batch::CancellationToken::new();
+    let batch = Batch::builder()
+        .rate_limit(1e-300)
+        .cancel(token.clone())
+        .build()
+        .expect("a tiny rate is still a rate");
+    let run = batch.run(0..2u32, |index| async move { Ok::<_, Infallible>(index) });
+
+    sleep(Duration::from_secs(3_600)).await;
+    token.cancel();
+    let finished = run.finish().await.expect("cancellation is not an error");
+
+    assert_eq!(finished.report().counts().succeeded, 1);
+    let rest: Vec<u32> = finished
+        .into_remaining()
+        .expect("input is left")
+        .into_inner()
+        .collect();
+    assert_eq!(rest, vec![1]);
+}
