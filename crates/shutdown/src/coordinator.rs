@@ -1,17 +1,14 @@
 //! The coordinator: triggers, registered work, the phases of a shutdown and its report.
 
-use std::any::Any;
 use std::collections::HashMap;
-use std::error::Error as StdError;
 use std::fmt;
 use std::future::Future;
 use std::ops::Deref;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use tokio::sync::watch;
-use tokio::task::{AbortHandle, JoinError, JoinHandle};
+use tokio::task::{AbortHandle, JoinHandle};
 use tokio::time::{Instant, sleep_until, timeout, timeout_at};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -21,35 +18,9 @@ use tracing::{debug, error, info, warn};
 use crate::builder::Builder;
 use crate::config::Config;
 use crate::readiness::Readiness;
-use crate::report::{End, Kind, Outcome, Phase, Record, Report, Signal, Trigger};
-
-/// A boxed error, the form in which task errors reach the [`Report`].
-pub type BoxError = Box<dyn StdError + Send + Sync>;
-
-/// What a registered task may return: `()`, or a `Result<(), E>` whose error is reported.
-pub trait TaskOutput: Send + 'static {
-    /// Turns the output into a plain result.
-    ///
-    /// # Errors
-    ///
-    /// The task's own error, boxed.
-    fn into_result(self) -> Result<(), BoxError>;
-}
-
-impl TaskOutput for () {
-    fn into_result(self) -> Result<(), BoxError> {
-        Ok(())
-    }
-}
-
-impl<E> TaskOutput for Result<(), E>
-where
-    E: Into<BoxError> + Send + 'static,
-{
-    fn into_result(self) -> Result<(), BoxError> {
-        self.map_err(Into::into)
-    }
-}
+use crate::report::{End, Kind, Phase, Record, Report, Signal, Trigger, outcome_of};
+use crate::task::{TaskOutput, end_of};
+use crate::teardown::{ABORT_GRACE, HookFn, StageControl, Step, StepBody};
 
 /// Owns a graceful shutdown: waits for a trigger, then runs the phases and reports.
 ///
@@ -425,10 +396,6 @@ impl fmt::Debug for WorkGuard {
     }
 }
 
-/// How long to wait for an aborted task or stage to actually stop before moving on. An abort only
-/// lands when the task next yields; one stuck in blocking code never does.
-const ABORT_GRACE: Duration = Duration::from_millis(100);
-
 pub(crate) struct Inner {
     config: Config,
     ready: watch::Sender<bool>,
@@ -477,37 +444,6 @@ struct Running {
     name: String,
     kind: Kind,
     abort: Option<AbortHandle>,
-}
-
-struct Step {
-    name: String,
-    timeout: Duration,
-    body: StepBody,
-}
-
-type HookFn =
-    Box<dyn FnOnce() -> Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send>> + Send>;
-
-enum StepBody {
-    Stage(StageControl),
-    Hook(HookFn),
-}
-
-#[derive(Clone)]
-struct StageControl {
-    token: CancellationToken,
-    abort: AbortHandle,
-    done: CancellationToken,
-    end: Arc<Mutex<Option<End>>>,
-}
-
-/// Aborts a task when dropped, so that a step cut short by a second signal stops too.
-struct AbortOnDrop(AbortHandle);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 impl Inner {
@@ -823,107 +759,6 @@ impl Inner {
     }
 }
 
-impl Step {
-    fn kind(&self) -> Kind {
-        match self.body {
-            StepBody::Stage(_) => Kind::Stage,
-            StepBody::Hook(_) => Kind::Hook,
-        }
-    }
-
-    async fn run(self) -> End {
-        match self.body {
-            StepBody::Stage(control) => stop_stage(control, self.timeout).await,
-            StepBody::Hook(hook) => run_hook(hook, self.timeout).await,
-        }
-    }
-}
-
-async fn stop_stage(control: StageControl, limit: Duration) -> End {
-    let _abort = AbortOnDrop(control.abort.clone());
-    if !control.done.is_cancelled() {
-        control.token.cancel();
-        if timeout(limit, control.done.cancelled()).await.is_err() {
-            control.abort.abort();
-
-            // Wait for the abort to land, so the next stage never goes away under this one.
-            if timeout(ABORT_GRACE, control.done.cancelled())
-                .await
-                .is_err()
-            {
-                warn!("an aborted stage is still running; it may be stuck in blocking code");
-            }
-            return End::Forced;
-        }
-    }
-    lock(&control.end).take().unwrap_or(End::Completed)
-}
-
-async fn run_hook(hook: HookFn, limit: Duration) -> End {
-    let task = tokio::spawn(hook());
-    let _abort = AbortOnDrop(task.abort_handle());
-    match timeout(limit, task).await {
-        Ok(result) => end_of(result).unwrap_or(End::Forced),
-        Err(_) => End::Forced,
-    }
-}
-
-fn outcome_of(forced_by: Option<Signal>, trigger: &Trigger, records: &[Record]) -> Outcome {
-    if let Some(signal) = forced_by {
-        return Outcome::Interrupted(signal);
-    }
-
-    let counts =
-        |record: &&Record| matches!(record.kind, Kind::CriticalTask | Kind::Stage | Kind::Hook);
-    let trigger_end = match trigger {
-        Trigger::Task { end, .. } => Some(end),
-        _ => None,
-    };
-    let mut ends = records.iter().filter(counts).map(|record| &record.end);
-    let panicked = matches!(trigger_end, Some(End::Panicked(_)))
-        || ends.clone().any(|end| matches!(end, End::Panicked(_)));
-    if panicked {
-        return Outcome::Panicked;
-    }
-    if trigger_end.is_some() || ends.any(|end| matches!(end, End::Failed(_))) {
-        return Outcome::Failed;
-    }
-    if records.iter().any(|record| record.end.is_forced()) {
-        return Outcome::Forced;
-    }
-    Outcome::Clean
-}
-
-fn end_of(result: Result<Result<(), BoxError>, JoinError>) -> Option<End> {
-    match result {
-        Ok(Ok(())) => Some(End::Completed),
-        Ok(Err(error)) => Some(End::Failed(error_chain(error.as_ref()))),
-        Err(error) if error.is_panic() => Some(End::Panicked(panic_message(error.into_panic()))),
-        Err(_) => None,
-    }
-}
-
-fn error_chain(error: &(dyn StdError + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
-
-fn panic_message(payload: Box<dyn Any + Send>) -> String {
-    match payload.downcast::<String>() {
-        Ok(message) => *message,
-        Err(payload) => match payload.downcast::<&'static str>() {
-            Ok(message) => (*message).to_owned(),
-            Err(_) => "a panic without a message".to_owned(),
-        },
-    }
-}
-
 fn add_saturating(instant: Instant, duration: Duration) -> Instant {
     // Far enough to never fire, close enough not to overflow the clock.
     const FAR: Duration = Duration::from_secs(86_400 * 365 * 30);
@@ -932,7 +767,7 @@ fn add_saturating(instant: Instant, duration: Duration) -> Instant {
         .unwrap_or_else(|| instant + Duration::from_secs(86_400))
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // The state stays consistent across a panic: every update is a single insert or take.
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -941,44 +776,9 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 mod tests {
     use super::*;
 
-    #[derive(Debug, thiserror::Error)]
-    #[error("query failed")]
-    struct Outer(#[source] std::io::Error);
-
-    #[test]
-    fn error_chain_joins_sources() {
-        let error = Outer(std::io::Error::other("connection reset"));
-        assert_eq!(error_chain(&error), "query failed: connection reset");
-    }
-
-    #[test]
-    fn panic_messages_of_both_payload_kinds() {
-        assert_eq!(panic_message(Box::new("static")), "static");
-        assert_eq!(panic_message(Box::new(String::from("owned"))), "owned");
-        assert_eq!(panic_message(Box::new(7_u8)), "a panic without a message");
-    }
-
     #[test]
     fn saturating_deadline_does_not_overflow() {
         let now = Instant::now();
         assert!(add_saturating(now, Duration::MAX) > now);
-    }
-
-    #[test]
-    fn a_failed_hook_is_a_failure_but_a_failed_plain_task_is_not() {
-        let record = |kind, end| Record {
-            name: "x".to_owned(),
-            kind,
-            end,
-        };
-        let trigger = Trigger::Requested;
-        let hook = [record(Kind::Hook, End::Failed("disk full".to_owned()))];
-        assert_eq!(outcome_of(None, &trigger, &hook), Outcome::Failed);
-        let task = [record(Kind::Task, End::Failed("bad row".to_owned()))];
-        assert_eq!(outcome_of(None, &trigger, &task), Outcome::Clean);
-        let forced = [record(Kind::Work, End::Forced)];
-        assert_eq!(outcome_of(None, &trigger, &forced), Outcome::Forced);
-        let interrupted = outcome_of(Some(Signal::Interrupt), &trigger, &hook);
-        assert_eq!(interrupted, Outcome::Interrupted(Signal::Interrupt));
     }
 }

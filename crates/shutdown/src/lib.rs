@@ -59,13 +59,16 @@ mod config;
 mod coordinator;
 mod readiness;
 mod report;
+mod task;
+mod teardown;
 
 #[cfg(feature = "axum")]
 pub mod axum;
 
 pub use builder::{BuildError, Builder};
 pub use config::{Config, ExitCodes};
-pub use coordinator::{BoxError, Handle, Shutdown, TaskOutput, WorkGuard};
+pub use coordinator::{Handle, Shutdown, WorkGuard};
 pub use readiness::Readiness;
 pub use report::{End, Kind, Outcome, Phase, Record, Report, Signal, Trigger};
+pub use task::{BoxError, TaskOutput};
 pub use tokio_util::sync::CancellationToken;

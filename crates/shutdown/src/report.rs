@@ -315,6 +315,38 @@ impl fmt::Display for Report {
     }
 }
 
+/// The overall outcome: a forcing signal first, then panics, then failures of work that
+/// matters (critical tasks, stages, hooks), then anything cut short.
+pub(crate) fn outcome_of(
+    forced_by: Option<Signal>,
+    trigger: &Trigger,
+    records: &[Record],
+) -> Outcome {
+    if let Some(signal) = forced_by {
+        return Outcome::Interrupted(signal);
+    }
+
+    let counts =
+        |record: &&Record| matches!(record.kind, Kind::CriticalTask | Kind::Stage | Kind::Hook);
+    let trigger_end = match trigger {
+        Trigger::Task { end, .. } => Some(end),
+        _ => None,
+    };
+    let mut ends = records.iter().filter(counts).map(|record| &record.end);
+    let panicked = matches!(trigger_end, Some(End::Panicked(_)))
+        || ends.clone().any(|end| matches!(end, End::Panicked(_)));
+    if panicked {
+        return Outcome::Panicked;
+    }
+    if trigger_end.is_some() || ends.any(|end| matches!(end, End::Failed(_))) {
+        return Outcome::Failed;
+    }
+    if records.iter().any(|record| record.end.is_forced()) {
+        return Outcome::Forced;
+    }
+    Outcome::Clean
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -363,5 +395,23 @@ mod tests {
             text,
             "shutdown after SIGTERM was forced (exit code 1); work `GET /slow` was aborted"
         );
+    }
+
+    #[test]
+    fn a_failed_hook_is_a_failure_but_a_failed_plain_task_is_not() {
+        let record = |kind, end| Record {
+            name: "x".to_owned(),
+            kind,
+            end,
+        };
+        let trigger = Trigger::Requested;
+        let hook = [record(Kind::Hook, End::Failed("disk full".to_owned()))];
+        assert_eq!(outcome_of(None, &trigger, &hook), Outcome::Failed);
+        let task = [record(Kind::Task, End::Failed("bad row".to_owned()))];
+        assert_eq!(outcome_of(None, &trigger, &task), Outcome::Clean);
+        let forced = [record(Kind::Work, End::Forced)];
+        assert_eq!(outcome_of(None, &trigger, &forced), Outcome::Forced);
+        let interrupted = outcome_of(Some(Signal::Interrupt), &trigger, &hook);
+        assert_eq!(interrupted, Outcome::Interrupted(Signal::Interrupt));
     }
 }
