@@ -198,3 +198,49 @@ async fn jq_09_variant_sigkilled_worker_job_restarts_within_lease_and_a_poll() {
     );
     assert_eq!(markers(&marker)[1], format!("start {id} 2"));
 }
+
+#[tokio::test]
+async fn two_worker_processes_on_one_file_never_run_a_job_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("jobs.db");
+    let marker = dir.path().join("marker");
+    let ids = enqueue(
+        &db,
+        (0..200)
+            .map(|_| NewJob::new(&CrashJob { ms: 5 }).unwrap())
+            .collect(),
+    )
+    .await;
+
+    let mut workers = [
+        spawn_worker(&db, &marker, "sleep", 2000),
+        spawn_worker(&db, &marker, "sleep", 2000),
+    ];
+    for worker in &mut workers {
+        wait_exit(worker, Duration::from_secs(60));
+    }
+
+    let lines = markers(&marker);
+    let mut started: Vec<&str> = lines
+        .iter()
+        .filter(|l| l.starts_with("start"))
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        started.len(),
+        200,
+        "each job started once across both processes"
+    );
+    started.sort_unstable();
+    started.dedup();
+    assert_eq!(started.len(), 200);
+    let store = SqliteStore::open(&db).await.unwrap();
+    for id in ids {
+        let job = store.get(id).await.unwrap().unwrap();
+        assert_eq!(
+            (job.state, job.attempt),
+            (JobState::Completed, 1),
+            "job {id}"
+        );
+    }
+}
