@@ -110,6 +110,12 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
     if !summary.is_empty() {
         print!("{summary}");
     }
+    if client_status.code() == Some(130) {
+        return Err(format!(
+            "interrupted; `cargo xtask demo --state {}` resumes where it stopped",
+            state.display()
+        ));
+    }
     if !client_status.success() {
         return Err(format!(
             "the client failed ({client_status}); state kept in {}",
