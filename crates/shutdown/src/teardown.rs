@@ -14,29 +14,37 @@ use crate::coordinator::lock;
 use crate::report::{End, Kind};
 use crate::task::{BoxError, end_of};
 
-/// How long to wait for an aborted task or stage to actually stop before moving on. An abort only
-/// lands when the task next yields; one stuck in blocking code never does.
+/// How long to wait for an aborted task or stage to actually stop before moving on. An
+/// abort only lands when the task next yields; one stuck in blocking code never does.
 pub(crate) const ABORT_GRACE: Duration = Duration::from_millis(100);
 
+/// One registered teardown step, with the timeout it gets.
 pub(crate) struct Step {
     pub(crate) name: String,
     pub(crate) timeout: Duration,
     pub(crate) body: StepBody,
 }
 
+/// A hook as registered: called once, at its turn in the teardown.
 pub(crate) type HookFn =
     Box<dyn FnOnce() -> Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send>> + Send>;
 
+/// What a step does when its turn comes.
 pub(crate) enum StepBody {
     Stage(StageControl),
     Hook(HookFn),
 }
 
+/// How the teardown reaches a running stage.
 #[derive(Clone)]
 pub(crate) struct StageControl {
+    /// The stage's own token, cancelled at its turn.
     pub(crate) token: CancellationToken,
+    /// Aborts the stage's task once its timeout has passed.
     pub(crate) abort: AbortHandle,
+    /// Cancelled by the stage's monitor once the task has ended, however it ended.
     pub(crate) done: CancellationToken,
+    /// How the task ended, set just before `done`.
     pub(crate) end: Arc<Mutex<Option<End>>>,
 }
 
