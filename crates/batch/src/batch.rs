@@ -3,6 +3,7 @@
 use std::fmt::Display;
 use std::future::Future;
 use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures_util::Stream;
@@ -10,12 +11,16 @@ use futures_util::stream::{self, Iter};
 use steadfast_backoff::{Backoff, Classifier, ErrorClass, RetryBudget};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug_span};
 
 use crate::config::{BatchConfig, BuildError, CancelMode, ErrorPolicy, Order};
 use crate::driver::{Driver, DriverParts, KeyFn, MakeItem};
 use crate::progress::{Progress, ProgressWatch};
 use crate::retry::{NoRetry, Retrying, once, retrying};
 use crate::run::BatchRun;
+
+/// Numbers the runs of this process, so that their `tracing` spans can be told apart.
+static NEXT_RUN_ID: AtomicU64 = AtomicU64::new(0);
 
 /// A configured runner for processing many items with bounded concurrency.
 ///
@@ -90,7 +95,8 @@ impl<R> Batch<R> {
             progress: progress_tx,
             cancel: cancel.clone(),
         });
-        let handle = tokio::spawn(driver.run());
+        let run_id = NEXT_RUN_ID.fetch_add(1, Ordering::Relaxed);
+        let handle = tokio::spawn(driver.run().instrument(debug_span!("batch_run", run_id)));
 
         BatchRun::new(results_rx, handle, ProgressWatch::new(progress_rx), cancel)
     }

@@ -170,6 +170,28 @@ mod tests {
     }
 
     #[test]
+    fn config_round_trips_through_serde_and_fills_gaps_with_defaults() {
+        let config = BatchConfig {
+            order: Order::Input {
+                window: NonZeroUsize::new(8).expect("eight"),
+            },
+            policy: ErrorPolicy::SkipUpTo(3),
+            rate_limit: Some(12.5),
+            cancel_mode: CancelMode::Immediate,
+            ..BatchConfig::default()
+        };
+        let text = serde_json::to_string(&config).expect("serializes");
+        let back: BatchConfig = serde_json::from_str(&text).expect("deserializes");
+        assert_eq!(back, config);
+
+        let partial: BatchConfig =
+            serde_json::from_str(r#"{"concurrency": 4}"#).expect("deserializes");
+        assert_eq!(partial.concurrency.get(), 4);
+        assert_eq!(partial.buffer, BatchConfig::default().buffer);
+        assert!(serde_json::from_str::<BatchConfig>(r#"{"concurrency": 0}"#).is_err());
+    }
+
+    #[test]
     fn bad_settings_are_named() {
         let rate = BatchConfig {
             rate_limit: Some(f64::NAN),

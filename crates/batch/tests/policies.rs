@@ -329,3 +329,37 @@ async fn an_extremely_low_rate_saturates_instead_of_overflowing() {
         .collect();
     assert_eq!(rest, vec![1]);
 }
+
+#[tokio::test(start_paused = true)]
+async fn progress_can_be_watched_until_the_run_ends() {
+    let batch = Batch::builder()
+        .concurrency(nz(2))
+        .progress_interval(Duration::from_millis(50))
+        .build()
+        .expect("valid settings");
+    let run = batch.run(0..10u32, |_| async {
+        sleep(Duration::from_millis(30)).await;
+        Ok::<_, Infallible>(())
+    });
+    let mut watch = run.progress();
+    let finishing = tokio::spawn(run.finish());
+
+    let mut seen = Vec::new();
+    while let Some(snapshot) = watch.changed().await {
+        seen.push(snapshot);
+    }
+    finishing.await.expect("no panic").expect("ends normally");
+
+    let last = seen.last().expect("at least the final snapshot");
+    assert!(last.done);
+    assert_eq!(last.counts.succeeded, 10);
+    assert!(
+        seen.len() >= 3,
+        "updates while running, not only at the end: {}",
+        seen.len()
+    );
+    assert!(
+        seen.windows(2)
+            .all(|pair| pair[0].ended() <= pair[1].ended())
+    );
+}
