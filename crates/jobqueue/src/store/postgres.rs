@@ -735,6 +735,8 @@ const WAITING: &str = "('scheduled', 'available', 'retryable')";
 
 /// The statements, with the schema's table names filled in once.
 struct Sql {
+    /// The `LISTEN`/`NOTIFY` channel of the schema.
+    channel: String,
     enqueue: Arc<str>,
     holders: Arc<str>,
     claim: Arc<str>,
@@ -851,7 +853,7 @@ impl Sql {
              FROM UNNEST($2::int8[], $3::int8[], $4::text[], $5::int8[], $6::text[], $7::text[], $8::bool[]) \
                AS c(id, lease, action, delay_ms, kind, message, charge) \
              WHERE j.id = c.id AND j.lease_number = c.lease AND j.state = 'running' \
-             RETURNING j.id, j.lease_number, j.state",
+             RETURNING j.id, j.lease_number, j.state, j.queue",
             entry = error_entry("c.kind", "c.message"),
         );
         let rescue = format!(
@@ -867,7 +869,7 @@ impl Sql {
                run_at = CASE WHEN j.attempt >= j.max_attempts THEN j.run_at ELSE {NOW} END, \
                lease_expires_at = NULL \
              FROM expired WHERE j.id = expired.id \
-             RETURNING j.id, j.lease_number, j.lease_owner, j.state",
+             RETURNING j.id, j.lease_number, j.lease_owner, j.state, j.queue",
             entry = error_entry(
                 &format!("'{}'", FailureKind::WorkerLost.as_str()),
                 "$3 || coalesce(j.lease_owner, '') || $4"
@@ -881,7 +883,7 @@ impl Sql {
         let redrive = format!(
             "UPDATE {jobs} j SET state = 'available', run_at = {NOW}, attempt = 0, rescues = 0, \
              lease_expires_at = NULL, finalized_at = NULL WHERE j.id = $2 AND j.state = 'dead' \
-             RETURNING j.id"
+             RETURNING j.queue"
         );
         let state_of = format!(
             "SELECT j.state, {effective} AS effective, j.unique_key FROM {jobs} j WHERE j.id = $2"
@@ -911,6 +913,7 @@ impl Sql {
 
         let arc = |s: String| -> Arc<str> { Arc::from(s) };
         Self {
+            channel: format!("steadfast_jobs:{schema}"),
             enqueue: arc(enqueue),
             holders: arc(holders),
             claim: arc(claim),
@@ -1264,7 +1267,7 @@ async fn finish(
         charges.push(charge);
     }
 
-    let rows: Vec<(i64, i64, String)> = sqlx::query_as(sql(&inner.sql.finish))
+    let rows: Vec<(i64, i64, String, String)> = sqlx::query_as(sql(&inner.sql.finish))
         .bind(offset)
         .bind(ids)
         .bind(leases)
@@ -1276,9 +1279,15 @@ async fn finish(
         .fetch_all(&inner.pool)
         .await
         .map_err(db(op))?;
+    let handed_back = rows
+        .iter()
+        .filter(|row| row.2 == JobState::Available.as_str())
+        .map(|row| row.3.clone())
+        .collect();
+    notify_available(inner, handed_back).await;
     let written: HashMap<(i64, i64), String> = rows
         .into_iter()
-        .map(|(id, lease, state)| ((id, lease), state))
+        .map(|(id, lease, state, _)| ((id, lease), state))
         .collect();
 
     completions
@@ -1302,17 +1311,24 @@ async fn rescue(
     offset: Option<i64>,
     limit: usize,
 ) -> Result<Vec<Rescued>, StoreError> {
-    let rows: Vec<(i64, i64, Option<String>, String)> = sqlx::query_as(sql(&inner.sql.rescue))
-        .bind(offset)
-        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .bind(WORKER_LOST_PREFIX)
-        .bind(WORKER_LOST_SUFFIX)
-        .fetch_all(&inner.pool)
-        .await
-        .map_err(db("rescue"))?;
+    let rows: Vec<(i64, i64, Option<String>, String, String)> =
+        sqlx::query_as(sql(&inner.sql.rescue))
+            .bind(offset)
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .bind(WORKER_LOST_PREFIX)
+            .bind(WORKER_LOST_SUFFIX)
+            .fetch_all(&inner.pool)
+            .await
+            .map_err(db("rescue"))?;
+    let available = rows
+        .iter()
+        .filter(|row| row.3 == JobState::Available.as_str())
+        .map(|row| row.4.clone())
+        .collect();
+    notify_available(inner, available).await;
 
     rows.into_iter()
-        .map(|(id, lease, worker, state)| {
+        .map(|(id, lease, worker, state, _)| {
             let id = JobId::new(id);
             Ok(Rescued {
                 id,
@@ -1331,14 +1347,18 @@ async fn redrive(
 ) -> Result<Vec<Redrive>, StoreError> {
     let op = "redrive";
     let mut out = Vec::with_capacity(ids.len());
+    let mut queues = Vec::new();
     for id in ids {
-        let updated = sqlx::query(sql(&inner.sql.redrive))
+        let updated = sqlx::query_scalar::<_, String>(sql(&inner.sql.redrive))
             .bind(offset)
             .bind(id.get())
             .fetch_optional(&inner.pool)
             .await;
         let outcome = match updated {
-            Ok(Some(_)) => Redrive::Redriven,
+            Ok(Some(queue)) => {
+                queues.push(queue);
+                Redrive::Redriven
+            }
             Ok(None) => match read_state(inner, offset, id).await? {
                 None => Redrive::NotFound,
                 Some((stored, _, _)) if stored.is_active() => Redrive::AlreadyQueued,
@@ -1365,7 +1385,28 @@ async fn redrive(
         };
         out.push(outcome);
     }
+    notify_available(inner, queues).await;
     Ok(out)
+}
+
+/// Tells the workers of every process that jobs in `queues` became
+/// available now (handed back, rescued or re-driven); inserts notify by their
+/// trigger. A lost notification costs at most a polling interval, so a
+/// failure is logged, not returned.
+async fn notify_available(inner: &Inner, mut queues: Vec<String>) {
+    if queues.is_empty() {
+        return;
+    }
+    queues.sort_unstable();
+    queues.dedup();
+    let sent = sqlx::query("SELECT pg_notify($1, q) FROM unnest($2::text[]) AS q")
+        .bind(&inner.sql.channel)
+        .bind(&queues)
+        .execute(&inner.pool)
+        .await;
+    if let Err(error) = sent {
+        debug!(%error, "could not notify other workers");
+    }
 }
 
 /// A job's stored state, effective state and unique key.
@@ -1479,7 +1520,7 @@ async fn listen_loop(
     config: PostgresConfig,
     stop: CancellationToken,
 ) {
-    let channel = format!("steadfast_jobs:{}", config.schema);
+    let channel = Sql::new(&config.schema).channel;
     let mut listener: Option<PgListener> = None;
     let mut retry = Duration::from_millis(100);
     let mut rng = fresh_rng();
