@@ -29,6 +29,9 @@
 //! # Ok::<(), steadfast_jobqueue::periodic::CronError>(())
 //! ```
 
+// Not yet: schedules are evaluated in UTC only (no time zones), and the
+// durable scheduler exists for the PostgreSQL store only.
+
 use std::fmt;
 use std::str::FromStr;
 

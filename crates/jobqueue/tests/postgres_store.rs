@@ -434,3 +434,68 @@ async fn the_store_clock_is_the_test_clock_when_one_is_set() {
     store.close().await;
     db.cleanup();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_handed_back_by_shutdown_wakes_a_worker_in_another_process() {
+    let Some(db) = postgres_support::database("handback") else {
+        return;
+    };
+    let quiet = || {
+        db.builder()
+            .poll_fallback(Duration::from_secs(3600))
+            .connect()
+    };
+    let first = Queue::new(quiet().await.unwrap());
+    let second = Queue::new(quiet().await.unwrap());
+    let runs = Arc::new(AtomicU32::new(0));
+    let handler = {
+        let runs = Arc::clone(&runs);
+        move |_job: Ping, cx: JobContext| {
+            let runs = Arc::clone(&runs);
+            async move {
+                if runs.fetch_add(1, Ordering::SeqCst) == 0 {
+                    // The first run lasts until shutdown cancels it.
+                    cx.cancelled().await;
+                }
+                Ok::<_, JobError>(())
+            }
+        }
+    };
+    let build = |queue: &Queue<PostgresStore>| {
+        queue
+            .worker()
+            .poll_interval(Duration::from_secs(3600))
+            .drain_timeout(Duration::from_millis(100))
+            .handle(handler.clone())
+            .build()
+            .unwrap()
+    };
+    let stop_first = CancellationToken::new();
+    let id = first.enqueue(&Ping { n: 1 }).await.unwrap().id();
+    let running_first = tokio::spawn(build(&first).run(stop_first.clone()));
+    while runs.load(Ordering::SeqCst) == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let stop_second = CancellationToken::new();
+    let running_second = tokio::spawn(build(&second).run(stop_second.clone()));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    stop_first.cancel();
+    let report = running_first.await.unwrap();
+    assert_eq!(report.released, 1);
+    let released = std::time::Instant::now();
+    while second.get(id).await.unwrap().unwrap().state != JobState::Completed {
+        assert!(
+            released.elapsed() < Duration::from_secs(10),
+            "the hand-back never woke the other process"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 2);
+
+    stop_second.cancel();
+    running_second.await.unwrap();
+    first.store().close().await;
+    second.store().close().await;
+    db.cleanup();
+}

@@ -463,6 +463,9 @@ impl PostgresStore {
         Ok(Timestamp::from_millis(ms))
     }
 
+    // Not yet: the skew is measured once, at connect; if this machine's clock
+    // drifts later, `Store::now()` drifts with it (every decision made in SQL
+    // still uses the database clock).
     async fn sync_clock(&self) -> Result<(), StoreError> {
         let inner = Arc::clone(&self.inner);
         let db_now: i64 = self
@@ -1346,6 +1349,8 @@ async fn redrive(
     ids: Vec<JobId>,
 ) -> Result<Vec<Redrive>, StoreError> {
     let op = "redrive";
+    // Not yet: one statement per id rather than one per batch; re-drives are
+    // operator actions on a handful of jobs.
     let mut out = Vec::with_capacity(ids.len());
     let mut queues = Vec::new();
     for id in ids {
