@@ -31,6 +31,11 @@ struct Cli {
     #[arg(long, env = "STEADFAST_QUEUE_DB")]
     db: String,
 
+    /// The PostgreSQL schema holding the queue (default `public`); only
+    /// with a postgres:// URL.
+    #[arg(long, env = "STEADFAST_QUEUE_SCHEMA")]
+    schema: Option<String>,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -152,6 +157,9 @@ async fn dispatch(cli: Cli) -> Result<(), CliError> {
     if cli.db.starts_with("postgres://") || cli.db.starts_with("postgresql://") {
         return open_postgres(cli).await;
     }
+    if cli.schema.is_some() {
+        return Err("--schema applies only to a postgres:// queue".into());
+    }
     let store = SqliteStore::open(&cli.db).await?;
     let result = run(Queue::new(store.clone()), cli.command).await;
     store.close().await;
@@ -160,7 +168,11 @@ async fn dispatch(cli: Cli) -> Result<(), CliError> {
 
 #[cfg(feature = "postgres")]
 async fn open_postgres(cli: Cli) -> Result<(), CliError> {
-    let store = steadfast_jobqueue::PostgresStore::connect(&cli.db).await?;
+    let mut builder = steadfast_jobqueue::PostgresStore::builder(cli.db.as_str());
+    if let Some(schema) = &cli.schema {
+        builder = builder.schema(schema.as_str());
+    }
+    let store = builder.connect().await?;
     run(Queue::new(store), cli.command).await
 }
 

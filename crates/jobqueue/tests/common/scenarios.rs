@@ -447,6 +447,12 @@ pub async fn jq_05_healthy_long_job_keeps_lease_and_unique_key<S: Store>(store: 
         job(&*store, id).await.state == JobState::Completed
     })
     .await;
+    wait_until(ms(1000), "the completion event", || async {
+        !events
+            .matching(|e| matches!(e, Event::Completed { .. }))
+            .is_empty()
+    })
+    .await;
     let done = events.matching(|e| matches!(e, Event::Completed { .. }));
     assert_eq!(done.len(), 1);
     let at = start.elapsed();
@@ -838,10 +844,18 @@ pub async fn jq_09_forced_shutdown_hands_running_jobs_back<S: Store>(store: Arc<
         "cancellation at the 2 s deadline, not {fired:?}"
     );
 
+    // Events trail the store writes they report, so wait on the events.
+    let started_on_b =
+        |e: &Event| matches!(e, Event::Started { id: j, worker, .. } if *j == id && worker == "b");
     wait_until(ms(1000), "b to start the job", || async {
-        job(&*store, id).await.lease.is_some_and(|l| l.owner == "b")
+        !events.matching(started_on_b).is_empty()
+            && !events
+                .matching(|e| matches!(e, Event::Released { .. }))
+                .is_empty()
     })
     .await;
+    let owner = job(&*store, id).await.lease.map(|l| l.owner);
+    assert_eq!(owner.as_deref(), Some("b"));
     let started = events.matching(
         |e| matches!(e, Event::Started { id: j, worker, .. } if *j == id && worker == "b"),
     );
@@ -851,7 +865,7 @@ pub async fn jq_09_forced_shutdown_hands_running_jobs_back<S: Store>(store: Arc<
     let released = events.matching(|e| matches!(e, Event::Released { .. }));
     let (at_release, _) = released[0];
     assert!(
-        *at_b - at_release <= ms(200),
+        at_b.saturating_sub(at_release) <= ms(200),
         "b starts within one poll interval"
     );
     assert_eq!(*attempt, 1, "the interrupted attempt was not charged");
