@@ -13,6 +13,38 @@
 //! | [`chunk_upload`] | `steadfast-chunk-upload` | resumable upload over tus 1.0 |
 //! | [`batch`] | `steadfast-batch` | bounded-concurrency processing, every item accounted for |
 //!
+//! # A guided tour
+//!
+//! The members are small on purpose and meet in a few shared types, so a service wires
+//! them together rather than choosing one framework. The ingest demo (`cargo xtask demo`,
+//! `examples/ingest`) does exactly that; here is the route it takes.
+//!
+//! 1. **One retry policy.** A [`backoff::Backoff`] says how long to wait and when to give
+//!    up, with jitter and a hard cap. Every member that retries takes one: the job queue
+//!    for failed attempts, the WebSocket client for reconnects, the uploader between
+//!    requests, the batch runner per item. [`backoff::retry`] runs any async call under it.
+//! 2. **One shutdown.** [`shutdown::Shutdown`] turns SIGTERM or Ctrl-C into phases:
+//!    readiness goes false, the HTTP server ([`shutdown::axum::serve`]) stops accepting and
+//!    drains, then stages stop in reverse order (the job worker, the event feed) and hooks
+//!    run (closing the job store). Every long-running part of the other crates stops on a
+//!    `CancellationToken`, so one shutdown reaches all of them.
+//! 3. **Uploads that resume.** `chunk_upload::server::TusServer` is an axum router; its
+//!    `on_complete` hook fires once per finished file. `chunk_upload::client::Uploader`
+//!    resumes from the server's offset after any failure, and across runs through its URL
+//!    store.
+//! 4. **Work that is not lost.** The completion hook enqueues a job on a
+//!    [`jobqueue::Queue`]; a worker runs it under a lease, retries transient errors on the
+//!    backoff schedule and parks permanent ones as dead letters. The queue lives in SQLite
+//!    or PostgreSQL, so a restart picks up where it stopped.
+//! 5. **Progress that reconnects.** [`ws_resilient::Client`] follows the server's event
+//!    feed, reconnecting with backoff when the server restarts, and buffers what it sends
+//!    meanwhile.
+//! 6. **Many items, each accounted for.** [`batch::Batch`] uploads files with bounded
+//!    concurrency; every file ends in exactly one outcome, and a failure stays with its
+//!    file.
+//!
+//! Each crate also has a runnable example of its own; the README lists them.
+//!
 //! ```
 //! # #[cfg(feature = "backoff")]
 //! # {
