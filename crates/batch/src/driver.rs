@@ -362,12 +362,18 @@ where
             running.key.clone()
         };
 
+        let cause = match outcome {
+            Outcome::Skipped(failure) => Some(failure.kind()),
+            _ => None,
+        };
+
         trace!(index = running.index, ?kind, "item ended");
         self.report.record(ItemRecord {
             index: running.index,
             key,
             kind,
             detail,
+            cause,
         });
     }
 

@@ -54,6 +54,86 @@
 //! assert_eq!(report.total(), 10);
 //! # }
 //! ```
+//!
+//! # How a run works
+//!
+//! [`Batch::run`] spawns a driver task and returns a [`BatchRun`], a stream of
+//! [`ItemResult`]s. The driver pulls an item only when fewer than `concurrency` items
+//! are running, spawns it as its own task, and hands each result to a bounded channel of
+//! `buffer` places. Because items are tasks, they run whether or not the consumer polls;
+//! because the channel is bounded, a consumer that falls behind stops new items from
+//! starting (the running ones still finish) instead of letting results pile up. So a run
+//! holds at most `concurrency` running items plus about `buffer + concurrency` results,
+//! however long its input.
+//!
+//! # Accounting
+//!
+//! Every item pulled gets exactly one [`Outcome`], and the [`Report`] that
+//! [`BatchRun::finish`] returns lists every pulled index once, with [`Counts`] that add
+//! up. Items never pulled stay in the input, which [`Finished::into_remaining`] hands
+//! back for a later run; [`Finished::into_full_report`] instead pulls them and records
+//! them as [`OutcomeKind::NotStarted`], for a report over the whole input.
+//!
+//! # Stopping early
+//!
+//! The [`ErrorPolicy`] can stop a run (then [`BatchRun::finish`] returns
+//! [`BatchError::Stopped`] with the full report inside), and so can the runner's
+//! [`CancellationToken`] or [`BatchRun::cancel`] (then `finish` returns `Ok` and the
+//! report's [`stop_reason`](Report::stop_reason) says so). Either way no new item starts;
+//! running items get [`stop_grace`](BatchConfig::stop_grace) or the [`CancelMode`]'s grace
+//! period, and those still running then end [`Cancelled`](Outcome::Cancelled).
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() {
+//! use std::time::Duration;
+//!
+//! use steadfast_batch::{Batch, CancelMode, CancellationToken};
+//!
+//! let shutdown = CancellationToken::new();
+//! let batch = Batch::builder()
+//!     .cancel(shutdown.clone())
+//!     .cancel_mode(CancelMode::Graceful { grace: Duration::from_secs(5) })
+//!     .build()
+//!     .unwrap();
+//! let work = |n: u32| async move {
+//!     tokio::time::sleep(Duration::from_millis(100)).await;
+//!     Ok::<_, std::io::Error>(n)
+//! };
+//!
+//! let run = batch.run(0..1_000u32, work);
+//! tokio::time::sleep(Duration::from_millis(250)).await;
+//! shutdown.cancel();
+//!
+//! let finished = run.finish().await.unwrap();
+//! assert_eq!(finished.report().counts().succeeded, 48); // three rounds of 16
+//! let rest = finished.into_remaining().unwrap().into_inner();
+//!
+//! // Later: resume with what was left, under a fresh runner.
+//! let resumed = Batch::builder().build().unwrap().run(rest, work);
+//! let report = resumed.finish().await.unwrap().into_report();
+//! assert_eq!(report.counts().succeeded, 1_000 - 48);
+//! # }
+//! ```
+//!
+//! # Retry, timeouts and rate
+//!
+//! [`BatchBuilder::retry`] retries failed attempts with a `steadfast-backoff` policy,
+//! every item of a run drawing from one shared retry budget; errors are classified by
+//! `steadfast_backoff::Classify` or a closure given to
+//! [`classify_with`](BatchBuilder::classify_with). The
+//! [`item_timeout`](BatchConfig::item_timeout) counts only an item's own running time, so
+//! a slow consumer never makes items time out. The
+//! [`rate_limit`](BatchConfig::rate_limit) spaces item starts evenly, separately from
+//! concurrency.
+//!
+//! # Reading results
+//!
+//! Results come in completion order by default; [`Order::Input`] returns them in input
+//! order with a bounded reorder window. [`BatchRun::progress`] gives [`Progress`]
+//! snapshots (throughput, ETA) to poll or watch, and [`ChunksExt::chunks_by`] groups
+//! results into chunks by size or time for bulk writes. The driver emits `tracing` events
+//! (a `batch_run` span, `debug` for state changes, `trace` per item).
 
 mod batch;
 mod chunk;

@@ -46,6 +46,8 @@ pub struct ItemRecord {
     pub kind: OutcomeKind,
     /// The error's or the panic's message, when there was one.
     pub detail: Option<String>,
+    /// For a skipped item, how it failed (failed, panicked or timed out).
+    pub cause: Option<OutcomeKind>,
 }
 
 /// Why a run ended before its input was used up.
@@ -378,6 +380,7 @@ mod tests {
                 key: None,
                 kind: OutcomeKind::Succeeded,
                 detail: None,
+                cause: None,
             });
         }
         report.record(ItemRecord {
@@ -385,6 +388,7 @@ mod tests {
             key: Some("b".into()),
             kind: OutcomeKind::Failed,
             detail: Some("nope".into()),
+            cause: None,
         });
         report.record_not_started(4);
 

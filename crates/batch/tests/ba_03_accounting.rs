@@ -241,6 +241,14 @@ async fn ba_03_going_over_the_skip_limit_ends_in_an_error_with_the_full_report()
     assert_eq!(counts.not_started, 11);
     assert_eq!(report.total(), 20);
     assert_eq!(report.outcome_of(2), Some(OutcomeKind::Skipped));
+    assert_eq!(
+        report.problem(2).and_then(|record| record.cause),
+        Some(OutcomeKind::Failed)
+    );
+    assert_eq!(
+        report.problem(2).and_then(|record| record.cause),
+        Some(OutcomeKind::Failed)
+    );
     assert_eq!(report.outcome_of(8), Some(OutcomeKind::Failed));
     assert_eq!(
         report
