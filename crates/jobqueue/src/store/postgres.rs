@@ -23,7 +23,18 @@
 //!   in the caller's own transaction exists exactly when that transaction
 //!   commits (the outbox pattern).
 //! - **Bulk enqueue in one statement** (arrays through `UNNEST`), and pruning
-//!   of final jobs after a configurable retention.
+//!   of final jobs after a configurable retention
+//!   ([`PostgresConfig::retention`]), done by the workers' sweeps at most once
+//!   per [`PostgresConfig::prune_interval`] per process, or on demand with
+//!   [`PostgresStore::prune`].
+//!
+//! [`Store::now`] (used only for reporting, never for a decision) is this
+//! machine's clock corrected by the offset to the database clock measured
+//! at connect.
+//!
+//! Tables are always named with their schema, so the store works on a pool
+//! shared with the application whatever its `search_path`, and several
+//! queues can live in one database, one schema each.
 //!
 //! The schema is created and upgraded on connect by embedded migrations
 //! (`migrations/postgres/*.sql`), serialised across processes by an advisory
