@@ -86,7 +86,7 @@ async fn jq_01_sigkilled_worker_process_jobs_are_recovered_by_a_new_process() {
         .collect();
     let ids = enqueue(&db, jobs).await;
 
-    let mut first = spawn_worker(&db, &marker, "sleep", 1000);
+    let mut first = spawn_worker(&db, &marker, "sleep", 2000);
     wait_for("the first jobs to start", Duration::from_secs(10), || {
         markers(&marker).iter().any(|l| l.starts_with("start"))
     });
@@ -109,7 +109,7 @@ async fn jq_01_sigkilled_worker_process_jobs_are_recovered_by_a_new_process() {
         "no job missing"
     );
 
-    let mut second = spawn_worker(&db, &marker, "sleep", 1000);
+    let mut second = spawn_worker(&db, &marker, "sleep", 2000);
     wait_exit(&mut second, Duration::from_secs(30));
 
     for id in &ids {

@@ -5,6 +5,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use tracing::trace;
+
 use crate::clock::{Clock, SystemClock, Timestamp};
 use crate::error::{LeaseLost, StoreError};
 use crate::job::{ErrorEntry, FailureKind, JobId, JobRecord, JobState, Lease, NewJob};
@@ -145,10 +147,14 @@ impl Inner {
     /// in step with it.
     fn update<T>(&mut self, id: i64, change: impl FnOnce(&mut JobRecord) -> T) -> Option<T> {
         let job = self.jobs.get_mut(&id)?;
-        let was_active = job.state.is_active();
+        let was = job.state;
+        let was_active = was.is_active();
         self.index.remove(job);
 
         let out = change(job);
+        if job.state != was {
+            trace!(job.id = id, from = %was, to = %job.state, lease = job.lease_number, "job state change");
+        }
 
         self.index.insert(job);
         if was_active && !job.state.is_active() {

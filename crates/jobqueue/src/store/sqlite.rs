@@ -19,6 +19,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{Row, Sqlite, Transaction};
 use steadfast_backoff::Backoff;
+use tracing::trace;
 
 use crate::clock::{Clock, SystemClock, Timestamp, duration_millis};
 use crate::error::{LeaseLost, StoreError};
@@ -604,6 +605,7 @@ async fn claim(
     .await
     .map_err(db("claim"))?;
 
+    trace!(queue = %req.queue, worker = %req.worker, claimed = rows.len(), "claimed jobs");
     let mut jobs = rows
         .iter()
         .map(|row| read_record(row, now))
@@ -793,6 +795,9 @@ async fn rescue(
     .await
     .map_err(db("rescue"))?;
 
+    if !rows.is_empty() {
+        trace!(rescued = rows.len(), "took back jobs with expired leases");
+    }
     rows.into_iter()
         .map(|(id, lease, worker, state)| {
             let state = state.parse::<JobState>().map_err(|e| StoreError::Corrupt {
