@@ -80,10 +80,8 @@ async fn echo_server(at: Option<SocketAddr>) -> (SocketAddr, JoinSet<()>) {
                 };
                 let (mut sink, mut stream) = ws.split();
                 while let Some(Ok(frame)) = stream.next().await {
-                    if frame.is_text() || frame.is_binary() {
-                        if sink.send(frame).await.is_err() {
-                            return;
-                        }
+                    if (frame.is_text() || frame.is_binary()) && sink.send(frame).await.is_err() {
+                        return;
                     }
                 }
             });

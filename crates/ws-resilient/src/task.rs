@@ -422,6 +422,29 @@ async fn write(
     shared: &Shared,
     in_flight: &mut u64,
 ) -> Error {
+    let error = write_until_error(sink, control, hook, shared, in_flight).await;
+    if let Error::WebSocket(source) = &error
+        && matches!(
+            source.as_ref(),
+            tungstenite::Error::ConnectionClosed
+                | tungstenite::Error::AlreadyClosed
+                | tungstenite::Error::Protocol(tungstenite::error::ProtocolError::SendAfterClosing)
+        )
+    {
+        // The server's close frame arrived first: the reader has its code and ends the
+        // connection with it once the close handshake is over.
+        std::future::pending::<()>().await;
+    }
+    error
+}
+
+async fn write_until_error(
+    sink: &mut SplitSink<Socket, tungstenite::Message>,
+    control: &mut mpsc::UnboundedReceiver<Control>,
+    hook: &mut mpsc::UnboundedReceiver<Message>,
+    shared: &Shared,
+    in_flight: &mut u64,
+) -> Error {
     let mut hook_done = false;
 
     loop {

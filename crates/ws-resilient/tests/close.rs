@@ -141,6 +141,10 @@ async fn ws_04_policy_violation_close_is_terminal() {
 #[tokio::test(start_paused = true)]
 async fn ws_04_unauthorized_upgrade_is_not_retried() {
     let server = Server::start(|accepted| async move {
+        #[expect(
+            clippy::result_large_err,
+            reason = "the signature of tungstenite's server callback"
+        )]
         let reject = |_: &Request, _: Response| -> Result<Response, ErrorResponse> {
             let mut response = ErrorResponse::new(Some("bad token".to_owned()));
             *response.status_mut() = StatusCode::UNAUTHORIZED;

@@ -37,6 +37,10 @@ async fn herd(master_seed: u64) -> Run {
             let mut kicked = kick.subscribe();
             async move {
                 if reject {
+                    #[expect(
+                        clippy::result_large_err,
+                        reason = "the signature of tungstenite's server callback"
+                    )]
                     let refuse = |_: &Request, _: Response| -> Result<Response, ErrorResponse> {
                         let mut response = ErrorResponse::new(None);
                         *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;

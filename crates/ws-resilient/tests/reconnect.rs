@@ -174,6 +174,10 @@ async fn a_connection_closed_after_a_while_is_replaced_and_a_stable_one_resets_t
 async fn the_request_builder_runs_for_every_attempt() {
     let mut server = Server::start(|accepted| async move {
         let record = accepted.record.clone();
+        #[expect(
+            clippy::result_large_err,
+            reason = "the signature of tungstenite's server callback"
+        )]
         let callback =
             move |request: &Request, response: Response| -> Result<Response, ErrorResponse> {
                 let token = request
@@ -281,5 +285,41 @@ async fn bad_settings_are_refused_at_build() {
     assert_eq!(
         zero.to_string(),
         "inbound_capacity must be greater than zero"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_server_close_while_the_client_writes_keeps_its_close_code() {
+    // The server reads three messages, then closes with 1008 while more are arriving.
+    let server = Server::start(|accepted| async move {
+        let mut ws = tokio_tungstenite::accept_async(accepted.tcp).await.unwrap();
+        let mut seen = 0;
+        while let Some(Ok(frame)) = ws.next().await {
+            if frame.is_text() {
+                seen += 1;
+                if seen == 3 {
+                    break;
+                }
+            }
+        }
+        support::close_with_frame(&mut ws, 1008).await;
+    })
+    .await;
+    let (client, _incoming) = Client::builder(server.url())
+        .config(config(Duration::from_millis(100)))
+        .build()
+        .unwrap();
+    wait_open(&client).await;
+
+    for n in 0..200 {
+        let _ = client.send(format!("message {n}")).await;
+        tokio::task::yield_now().await;
+    }
+    let reason = client.closed().await;
+
+    assert_eq!(
+        reason.error().and_then(Error::close_code),
+        Some(1008),
+        "{reason:?}"
     );
 }

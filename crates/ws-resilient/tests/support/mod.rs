@@ -121,6 +121,16 @@ pub async fn close_with(tcp: TcpStream, code: u16) -> WebSocketStream<TcpStream>
     ws
 }
 
+/// Sends a close frame with `code` on an open connection and finishes the handshake.
+pub async fn close_with_frame(ws: &mut WebSocketStream<TcpStream>, code: u16) {
+    let frame = CloseFrame {
+        code: CloseCode::from(code),
+        reason: "".into(),
+    };
+    let _ = ws.send(Frame::Close(Some(frame))).await;
+    while let Some(Ok(_)) = ws.next().await {}
+}
+
 /// An address where nothing listens.
 pub async fn dead_address() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
