@@ -34,17 +34,35 @@ const LIMIT: Duration = Duration::from_secs(120);
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn interrupted_run_resumes_and_survives_a_server_restart() {
     steadfast_testkit::init_tracing();
-    tokio::time::timeout(LIMIT, scenario())
+    tokio::time::timeout(LIMIT, scenario(None))
         .await
         .expect("the demo scenario finished in time");
 }
 
-async fn scenario() {
+/// The same scenario with the job queue in PostgreSQL (`--queue postgres://...`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_queue_gives_the_same_report() {
+    steadfast_testkit::init_tracing();
+    let Ok(url) = std::env::var("STEADFAST_TEST_POSTGRES_URL") else {
+        assert!(
+            !std::env::var("STEADFAST_REQUIRE_SERVICES").is_ok_and(|value| value == "1"),
+            "STEADFAST_REQUIRE_SERVICES is set but STEADFAST_TEST_POSTGRES_URL is not"
+        );
+        eprintln!("skipped: set STEADFAST_TEST_POSTGRES_URL to run the demo on PostgreSQL");
+        return;
+    };
+    tokio::time::timeout(LIMIT, scenario(Some(url)))
+        .await
+        .expect("the demo scenario finished in time");
+}
+
+async fn scenario(postgres: Option<String>) {
     let root = tempfile::tempdir().expect("temporary directory");
     let dir = root.path().join("input");
     let bytes = generate(&dir, 7);
     let server_options = ServerOptions {
         state: root.path().join("server"),
+        postgres,
         transient_rate: 0.3,
         dead_pattern: "*.bad".to_owned(),
         signals: false,

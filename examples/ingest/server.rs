@@ -336,7 +336,12 @@ impl Verifier {
         let stored = tokio::task::spawn_blocking(move || sha256_file(&path))
             .await
             .map_err(JobError::retryable)?
-            .map_err(JobError::classify)?;
+            .map_err(|error| match error.kind() {
+                std::io::ErrorKind::NotFound => {
+                    JobError::permanent(format!("the data of upload {id} is gone"))
+                }
+                _ => JobError::classify(error),
+            })?;
 
         let matches = stored == job.sha256;
         let verdict = Verdict {
@@ -601,10 +606,13 @@ async fn report<S: Store>(State(app): State<Arc<App<S>>>) -> Response {
 }
 
 async fn build_report<S: Store>(queue: &Queue<S>, uploads: &FileStore) -> Result<Report, BoxError> {
+    let ids = uploads.list().await?;
+    let known: HashSet<String> = ids.iter().map(ToString::to_string).collect();
     let mut latest: HashMap<String, JobRecord> = HashMap::new();
     let mut report = Report::default();
     for job in all_jobs(queue).await? {
-        let Some(key) = job.unique_key.clone() else {
+        // Jobs of other stores sharing a PostgreSQL queue are not ours to count.
+        let Some(key) = job.unique_key.clone().filter(|key| known.contains(key)) else {
             continue;
         };
         report.attempts += u64::from(job.attempt);
@@ -618,7 +626,7 @@ async fn build_report<S: Store>(queue: &Queue<S>, uploads: &FileStore) -> Result
         }
     }
 
-    for id in uploads.list().await? {
+    for id in ids {
         let Ok(info) = uploads.info(&id).await else {
             continue;
         };
