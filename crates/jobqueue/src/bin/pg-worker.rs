@@ -2,14 +2,16 @@
 //! burn-down benchmark (`tests/postgres_chaos.rs`, `benches/burndown_postgres.rs`).
 //!
 //! ```text
-//! steadfast-queue-pg-worker --url postgres://... --schema s --id w1 --mode chaos|noop
+//! steadfast-queue-pg-worker --url postgres://... --schema s --id w1 --mode chaos|noop|abort
 //!     [--fail-rate 0.2] [--seed 1] [--concurrency 16] [--lease-ms 2000]
 //!     [--heartbeat-ms 500] [--poll-ms 200] [--sweep-ms 500] [--work-ms 5] --expect N
 //! ```
 //!
 //! It runs kind `chaos` (mode `chaos`: records each execution in the
 //! `chaos_executions` table of the schema, sleeps up to `--work-ms`, fails a
-//! seeded fraction of attempts) or kind `noop` (mode `noop`: does nothing),
+//! seeded fraction of attempts), kind `noop` (mode `noop`: does nothing) or
+//! kind `chaos` again (mode `abort`: records the execution, then aborts the
+//! process, as a job that crashes its worker would),
 //! and exits by itself once `--expect` jobs are final and none is active.
 
 use std::collections::HashMap;
@@ -70,11 +72,18 @@ fn main() -> ExitCode {
     }
 }
 
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Chaos,
+    Noop,
+    Abort,
+}
+
 struct Args {
     url: String,
     schema: String,
     id: String,
-    chaos: bool,
+    mode: Mode,
     fail_rate: f64,
     seed: u64,
     concurrency: usize,
@@ -108,9 +117,12 @@ impl Args {
             })
         };
         let mode = text("mode")?;
-        if mode != "chaos" && mode != "noop" {
-            return Err(format!("--mode must be chaos or noop, not {mode:?}"));
-        }
+        let mode = match mode.as_str() {
+            "chaos" => Mode::Chaos,
+            "noop" => Mode::Noop,
+            "abort" => Mode::Abort,
+            _ => return Err(format!("--mode must be chaos, noop or abort, not {mode:?}")),
+        };
         let fail_rate = map.get("fail-rate").map_or(Ok(0.0), |v| {
             v.parse::<f64>()
                 .map_err(|e| format!("--fail-rate {v:?}: {e}"))
@@ -119,7 +131,7 @@ impl Args {
             url: text("url")?,
             schema: text("schema")?,
             id: text("id")?,
-            chaos: mode == "chaos",
+            mode,
             fail_rate,
             seed: number("seed", 1)?,
             concurrency: usize::try_from(number("concurrency", 16)?).unwrap_or(16),
@@ -160,10 +172,11 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         .sweep_interval(args.sweep)
         .drain_timeout(Duration::from_secs(2))
         .backoff(backoff);
-    let worker = if args.chaos {
+    let worker = if args.mode != Mode::Noop {
         let pool = store.pool().clone();
         let table = format!("\"{}\".chaos_executions", args.schema);
         let (fail_rate, seed, work_ms) = (args.fail_rate, args.seed, args.work_ms);
+        let abort = args.mode == Mode::Abort;
         builder
             .handle(move |job: Chaos, cx: JobContext| {
                 chaos(
@@ -171,7 +184,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                     table.clone(),
                     job,
                     cx,
-                    (fail_rate, seed, work_ms),
+                    (fail_rate, seed, work_ms, abort),
                 )
             })
             .build()?
@@ -197,7 +210,7 @@ async fn chaos(
     table: String,
     job: Chaos,
     cx: JobContext,
-    (fail_rate, seed, work_ms): (f64, u64, u64),
+    (fail_rate, seed, work_ms, abort): (f64, u64, u64, bool),
 ) -> Result<(), JobError> {
     let insert = format!(
         "INSERT INTO {table} (job_id, n, attempt, lease, worker, started_at) \
@@ -212,6 +225,9 @@ async fn chaos(
         .execute(&pool)
         .await
         .map_err(|e| JobError::retryable(format!("recording the execution failed: {e}")))?;
+    if abort {
+        std::process::abort();
+    }
 
     let roll = mix(seed ^ mix(cx.id().get().unsigned_abs() ^ u64::from(cx.attempt()) << 48));
     if work_ms > 0 {
