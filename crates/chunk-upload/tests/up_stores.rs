@@ -226,13 +226,16 @@ async fn up_06_an_acknowledged_offset_survives_a_restart() {
     }
 }
 
+/// A completed multipart upload: the id and its (part number, tag) list.
+type Completion = (UploadId, Vec<(u32, String)>);
+
 /// A mock of a part-based object store: parts of at least 5 MiB except the last, at most
 /// 10,000, completed with the ordered list of part numbers and tags. Pending bytes below
 /// a part are held in memory, as a real one would hold them in a temporary object.
 #[derive(Clone, Default)]
 struct PartStore {
     state: Arc<Mutex<HashMap<UploadId, PartState>>>,
-    completed: Arc<Mutex<Vec<(UploadId, Vec<(u32, String)>)>>>,
+    completed: Arc<Mutex<Vec<Completion>>>,
 }
 
 #[derive(Clone)]
