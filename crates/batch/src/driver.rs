@@ -183,10 +183,8 @@ where
                     self.on_joined(joined);
                 }
                 () = sleep_until_some(next_start), if rate_wait => {}
-                next = self.input.next(), if can_start && !rate_wait => match next {
-                    Some(item) => self.start(item),
-                    None => self.input_exhausted = true,
-                },
+                next = AssertUnwindSafe(self.input.next()).catch_unwind(),
+                    if can_start && !rate_wait => self.on_input(next),
                 () = sleep_until_some(publish_at), if publish_at.is_some() => only_a_tick = true,
                 () = self.results.closed(), if self.pending.is_empty() => self.on_consumer_gone(),
             }
@@ -210,9 +208,11 @@ where
         self.flush();
 
         while self.can_start() && self.next_start.is_none_or(|at| at <= Instant::now()) {
-            match self.input.next().now_or_never() {
-                Some(Some(item)) => self.start(item),
-                Some(None) => self.input_exhausted = true,
+            match AssertUnwindSafe(self.input.next())
+                .catch_unwind()
+                .now_or_never()
+            {
+                Some(next) => self.on_input(next),
                 None => break,
             }
         }
@@ -258,6 +258,23 @@ where
             && window_open
     }
 
+    /// Starts the item the input gave, or notes that the input ended. An input that
+    /// panicked cannot be polled again: it counts as ended (running items still finish),
+    /// and the panic becomes the run's stop reason so that the report still reaches the
+    /// caller.
+    fn on_input(&mut self, next: Result<Option<T>, Box<dyn Any + Send>>) {
+        match next {
+            Ok(Some(item)) => self.start(item),
+            Ok(None) => self.input_exhausted = true,
+            Err(payload) => {
+                let message = panic_message(payload);
+                debug!(%message, "the input panicked; stopping the run");
+                self.input_exhausted = true;
+                self.report.set_stop(StopReason::InputPanicked { message });
+            }
+        }
+    }
+
     fn start(&mut self, item: T) {
         let index = self.next_index;
         self.next_index += 1;
@@ -274,6 +291,8 @@ where
             },
         );
 
+        // Not yet: the rate limit allows no burst; after an idle spell starts are still
+        // spaced one period apart.
         if let Some(period) = self.rate_period {
             self.next_start = Some(later(now, period));
         }

@@ -70,6 +70,7 @@ pub struct ItemResult<V, E> {
     pub outcome: Outcome<V, E>,
     /// How long the item itself ran, from its start to its end (waiting for the consumer
     /// is not included).
+    // Not yet: the number of attempts a retried item took is not reported here.
     pub elapsed: Duration,
 }
 

@@ -48,6 +48,8 @@ impl Progress {
     }
 
     /// Items ended per second since the start, or zero before any time has passed.
+    // Not yet: a moving-window rate; the average since the start reacts slowly when the
+    // pace changes late in a long run.
     pub fn throughput(&self) -> f64 {
         let seconds = self.elapsed.as_secs_f64();
         if seconds > 0.0 {

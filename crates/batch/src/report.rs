@@ -79,6 +79,11 @@ pub enum StopReason {
     },
     /// The consumer dropped the run before it ended.
     ConsumerGone,
+    /// The input stream or iterator panicked; it cannot be resumed.
+    InputPanicked {
+        /// The panic's message.
+        message: String,
+    },
 }
 
 /// The complete account of a run.
@@ -266,6 +271,7 @@ impl fmt::Display for StopReason {
                 )
             }
             Self::ConsumerGone => f.write_str("the consumer dropped the run"),
+            Self::InputPanicked { message } => write!(f, "the input panicked: {message}"),
         }
     }
 }

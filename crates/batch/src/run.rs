@@ -40,10 +40,11 @@ pub struct Finished<S> {
 #[derive(thiserror::Error)]
 #[non_exhaustive]
 pub enum BatchError<S> {
-    /// The error policy stopped the run. The full report and the unused input are inside.
+    /// The error policy stopped the run, or its input panicked. The full report and the
+    /// unused input are inside.
     #[error("the batch stopped early: {reason}")]
     Stopped {
-        /// Why the policy stopped the run.
+        /// Why the run stopped.
         reason: StopReason,
         /// The report, which still accounts for every item, and the unused input.
         finished: Box<Finished<S>>,
@@ -95,7 +96,8 @@ impl<S, V, E> BatchRun<S, V, E> {
     ///
     /// # Errors
     ///
-    /// [`BatchError::Stopped`] when the error policy stopped the run (the report is inside),
+    /// [`BatchError::Stopped`] when the error policy stopped the run or the input panicked
+    /// (the report is inside),
     /// [`BatchError::Driver`] when the driving task ended abnormally.
     ///
     /// # Cancel safety
@@ -250,7 +252,7 @@ impl<S> BatchError<S> {
         }
     }
 
-    /// Whether the error policy stopped the run.
+    /// Whether the run stopped early for its error policy or a panicking input.
     pub fn is_stopped(&self) -> bool {
         matches!(self, Self::Stopped { .. })
     }

@@ -363,3 +363,34 @@ async fn progress_can_be_watched_until_the_run_ends() {
             .all(|pair| pair[0].ended() <= pair[1].ended())
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_panicking_input_stops_the_run_with_its_report() {
+    let batch = Batch::builder()
+        .concurrency(nz(2))
+        .build()
+        .expect("valid settings");
+    let input = (0..10u32).inspect(|index| assert!(*index != 5, "input broke at {index}"));
+    let run = batch.run(input, |index| async move { Ok::<_, Infallible>(index) });
+
+    let error = run
+        .finish()
+        .await
+        .expect_err("a broken input stops the run");
+
+    let Some(StopReason::InputPanicked { message }) = error.report().and_then(|r| r.stop_reason())
+    else {
+        panic!("stopped for another reason: {error:?}");
+    };
+    assert_eq!(message, "input broke at 5");
+    assert_eq!(
+        error.report().map(|report| report.counts().succeeded),
+        Some(5)
+    );
+    assert!(
+        error
+            .into_finished()
+            .and_then(|finished| finished.into_remaining())
+            .is_none()
+    );
+}
