@@ -273,3 +273,57 @@ async fn ws_07_graceful_server_close_does_not_spin_the_loop() {
         .await
         .expect("no hang");
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_unauthorized_upgrade_can_be_retried_once_credentials_are_refreshed() {
+    // The application overrides 401 to retry and mints a fresh token for every attempt.
+    let server = Server::start(|accepted| async move {
+        #[expect(
+            clippy::result_large_err,
+            reason = "the signature of tungstenite's server callback"
+        )]
+        let check = |request: &Request, response: Response| -> Result<Response, ErrorResponse> {
+            if request
+                .headers()
+                .get("authorization")
+                .is_some_and(|token| token == "fresh")
+            {
+                return Ok(response);
+            }
+            let mut refused = ErrorResponse::new(None);
+            *refused.status_mut() = StatusCode::UNAUTHORIZED;
+            Err(refused)
+        };
+        if let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(accepted.tcp, check).await {
+            while let Some(Ok(_)) = ws.next().await {}
+        }
+    })
+    .await;
+    let mut config = config(Duration::from_millis(100));
+    config.rules = config
+        .rules
+        .status(401, steadfast_ws_resilient::Action::Retry);
+    let url = server.url();
+    let attempts = Arc::new(AtomicU64::new(0));
+    let (client, _incoming) = Client::builder(url.clone())
+        .config(config)
+        .request(move || {
+            use steadfast_ws_resilient::IntoClientRequest;
+            let mut request = url.as_str().into_client_request()?;
+            let token = if attempts.fetch_add(1, Ordering::Relaxed) == 0 {
+                "stale"
+            } else {
+                "fresh"
+            };
+            request
+                .headers_mut()
+                .insert("authorization", token.parse()?);
+            Ok(request)
+        })
+        .build()
+        .unwrap();
+
+    support::wait_open(&client).await;
+
+    assert_eq!(server.accepts(), 2);
+}
