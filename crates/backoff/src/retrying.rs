@@ -460,7 +460,9 @@ where
             }
             delay = delay.max(requested);
         }
-        if time_left.is_some_and(|left| delay > left) {
+        // A limit already reached stops the loop even when the wait is zero: a zero wait
+        // does not end past the limit, but the call after it would start past it.
+        if time_left.is_some_and(|left| left.is_zero() || delay > left) {
             return self.stop(GiveUpReason::Deadline);
         }
 

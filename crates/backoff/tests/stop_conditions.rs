@@ -60,6 +60,32 @@ async fn elapsed_limit_counts_the_operation_and_never_sleeps_past_it() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn zero_delay_policy_still_stops_at_the_elapsed_limit() {
+    // A zero wait never "ends past" the limit, yet every call after the limit is one
+    // too many: the loop must stop once the limit has passed, whatever the delay.
+    let policy = Backoff::constant(Duration::ZERO)
+        .unlimited_attempts()
+        .max_elapsed(Duration::from_secs(1));
+    let mut calls = 0;
+
+    let run = retry(&policy, || {
+        calls += 1;
+        async {
+            sleep(Duration::from_secs(2)).await;
+            Err::<(), _>(reset())
+        }
+    });
+    let error = tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .expect("the loop stops instead of calling forever")
+        .unwrap_err();
+
+    assert_eq!(calls, 1);
+    assert!(error.is_deadline());
+    assert_eq!(error.elapsed(), Duration::from_secs(2));
+}
+
+#[tokio::test(start_paused = true)]
 async fn outer_deadline_stops_a_call_in_flight() {
     let policy = Backoff::exponential(Duration::from_millis(100));
     let started = Instant::now();
