@@ -15,7 +15,13 @@ const NANOS_PER_SEC: u128 = 1_000_000_000;
 pub(crate) fn base_nanos(policy: &Backoff, retry: u32) -> u128 {
     let initial = policy.initial.as_nanos();
     let cap = policy.max_delay.as_nanos();
-    if initial >= cap || retry == 0 || policy.factor.is_nan() || policy.factor <= 1.0 {
+    // A zero initial delay stays zero: `0 * factor^n` is 0 even where `factor^n` overflows.
+    if initial == 0
+        || initial >= cap
+        || retry == 0
+        || policy.factor.is_nan()
+        || policy.factor <= 1.0
+    {
         return initial.min(cap);
     }
 
@@ -149,6 +155,19 @@ mod tests {
 
         let policy = Backoff::exponential(Duration::from_nanos(1)).factor(u32::MAX as f64);
         assert_eq!(policy.base_delay(10_000), Backoff::DEFAULT_MAX_DELAY);
+    }
+
+    #[test]
+    fn zero_initial_delay_stays_zero_at_any_retry() {
+        let whole = Backoff::exponential(Duration::ZERO);
+        let fractional = whole.clone().factor(1.5);
+        let mut rng = SmallRng::seed_from_u64(5);
+        for policy in [whole, fractional] {
+            for retry in [0, 1, 63, 64, 200, 10_000, u32::MAX] {
+                assert_eq!(policy.base_delay(retry), Duration::ZERO, "retry {retry}");
+                assert_eq!(policy.delay_for(retry, &mut rng), Duration::ZERO);
+            }
+        }
     }
 
     #[test]
