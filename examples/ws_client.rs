@@ -21,7 +21,10 @@ async fn echo_three(mut socket: WebSocket) {
             }
             echoed += 1;
             if echoed == 3 {
-                let frame = CloseFrame { code: 1012, reason: "restarting".into() };
+                let frame = CloseFrame {
+                    code: 1012,
+                    reason: "restarting".into(),
+                };
                 let _ = socket.send(AxumMessage::Close(Some(frame))).await;
                 return;
             }
@@ -45,14 +48,18 @@ async fn echoed(incoming: &mut Incoming, text: &str) -> bool {
         }
         false
     };
-    tokio::time::timeout(Duration::from_secs(1), wait).await.unwrap_or(false)
+    tokio::time::timeout(Duration::from_secs(1), wait)
+        .await
+        .unwrap_or(false)
 }
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("ws://{}/ws", listener.local_addr()?);
-    tokio::spawn(async move { axum::serve(listener, Router::new().route("/ws", get(upgrade))).await });
+    tokio::spawn(
+        async move { axum::serve(listener, Router::new().route("/ws", get(upgrade))).await },
+    );
 
     let config = Config {
         backoff: Backoff::exponential(Duration::from_millis(100))
@@ -96,6 +103,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     let unsent = client.close().await;
-    println!("closed; {} messages never sent; {:?}", unsent.len(), client.metrics());
+    println!(
+        "closed; {} messages never sent; {:?}",
+        unsent.len(),
+        client.metrics()
+    );
     Ok(())
 }
