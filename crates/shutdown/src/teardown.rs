@@ -94,7 +94,9 @@ async fn stop_stage(control: StageControl, limit: Duration) -> End {
 }
 
 async fn run_hook(hook: HookFn, limit: Duration) -> End {
-    let task = tokio::spawn(hook());
+    // The hook is called inside the task, so that a panic while it builds its future is
+    // caught and reported like one while the future runs, not unwound through `run`.
+    let task = tokio::spawn(async move { hook().await });
     let _abort = AbortOnDrop(task.abort_handle());
     match timeout(limit, task).await {
         Ok(result) => end_of(result).unwrap_or(End::Forced),

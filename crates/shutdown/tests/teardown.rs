@@ -172,6 +172,33 @@ fn start_stages(shutdown: &Shutdown, world: &Arc<World>, stubborn_cache: bool) {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_hook_that_panics_before_returning_its_future_is_reported_and_the_rest_still_run() {
+    let shutdown = shutdown();
+    let first_ran = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&first_ran);
+    shutdown.hook("close pool", move || async move {
+        flag.store(true, Ordering::SeqCst)
+    });
+    shutdown.hook("build flush", || -> std::future::Ready<()> {
+        let blown_up = true;
+        assert!(!blown_up, "hook blew up before its future");
+        std::future::ready(())
+    });
+
+    shutdown.trigger();
+    let report = shutdown.run().await;
+
+    let panicked = End::Panicked("hook blew up before its future".to_owned());
+    assert_eq!(report.record("build flush").map(|r| &r.end), Some(&panicked));
+    assert!(first_ran.load(Ordering::SeqCst), "the next hook still ran");
+    assert_eq!(
+        report.record("close pool").map(|r| &r.end),
+        Some(&End::Completed)
+    );
+    assert_eq!(report.exit_code(), 70);
+}
+
+#[tokio::test(start_paused = true)]
 async fn sd_06_stages_stop_in_reverse_start_order() {
     let shutdown = shutdown();
     let world = Arc::new(World::default());
