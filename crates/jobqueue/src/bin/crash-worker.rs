@@ -135,7 +135,9 @@ fn append(path: &PathBuf, line: &str) {
         .append(true)
         .open(path)
         .and_then(|mut file| {
-            writeln!(file, "{line}")?;
+            // One write per line: with O_APPEND it cannot interleave with the
+        // lines of another worker process.
+        file.write_all(format!("{line}\n").as_bytes())?;
             file.sync_all()
         });
     if let Err(e) = written {
