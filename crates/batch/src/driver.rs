@@ -7,6 +7,8 @@ use std::fmt::Display;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use futures_util::{FutureExt, Stream, StreamExt};
@@ -34,8 +36,10 @@ pub(crate) enum Attempt<E> {
 /// The future one item runs as, spawned onto the runtime.
 pub(crate) type ItemFuture<V, E> = Pin<Box<dyn Future<Output = Result<V, Attempt<E>>> + Send>>;
 
-/// Turns an input item into the future that processes it.
-pub(crate) type MakeItem<T, V, E> = Box<dyn Fn(T) -> ItemFuture<V, E> + Send + Sync>;
+/// Turns an input item into the future that processes it, and the counter of calls that
+/// future makes when it can make more than one (`None` means one call).
+pub(crate) type MakeItem<T, V, E> =
+    Box<dyn Fn(T) -> (ItemFuture<V, E>, Option<Arc<AtomicU32>>) + Send + Sync>;
 
 /// Gives an input item its key.
 pub(crate) type KeyFn<T> = Box<dyn Fn(&T) -> String + Send + Sync>;
@@ -91,6 +95,7 @@ struct Running {
     index: u64,
     key: Option<String>,
     started: Instant,
+    attempts: Option<Arc<AtomicU32>>,
 }
 
 impl<S, T, V, E> Driver<S, T, V, E>
@@ -280,7 +285,8 @@ where
         self.next_index += 1;
 
         let key = self.key.as_ref().map(|key| key_of(key, &item));
-        let handle = self.tasks.spawn((self.make)(item));
+        let (future, attempts) = (self.make)(item);
+        let handle = self.tasks.spawn(future);
         let now = Instant::now();
         self.running.insert(
             handle.id(),
@@ -288,6 +294,7 @@ where
                 index,
                 key,
                 started: now,
+                attempts,
             },
         );
 
@@ -326,6 +333,9 @@ where
             key: running.key,
             outcome,
             elapsed: running.started.elapsed(),
+            attempts: running
+                .attempts
+                .map_or(1, |attempts| attempts.load(Ordering::Relaxed)),
         };
         self.queue(result);
     }

@@ -69,9 +69,12 @@ pub struct ItemResult<V, E> {
     /// What became of the item.
     pub outcome: Outcome<V, E>,
     /// How long the item itself ran, from its start to its end (waiting for the consumer
-    /// is not included).
-    // Not yet: the number of attempts a retried item took is not reported here.
+    /// is not included), retries and their waits included.
     pub elapsed: Duration,
+    /// How many times the work function was called for this item: 1 without retry, and
+    /// up to the policy's `max_attempts` with it (0 if a retried item was cancelled before
+    /// its first call).
+    pub attempts: u32,
 }
 
 impl<V, E> Outcome<V, E> {

@@ -3,6 +3,7 @@
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use steadfast_backoff::{
@@ -61,15 +62,16 @@ where
     E: Send + 'static,
 {
     let work = Arc::new(work);
-    Box::new(move |item| -> ItemFuture<V, E> {
+    Box::new(move |item| {
         let work = Arc::clone(&work);
-        Box::pin(async move {
+        let future: ItemFuture<V, E> = Box::pin(async move {
             match attempt(work(item), timeout).await {
                 Ok(value) => Ok(value),
                 Err(AttemptError::Error(error)) => Err(Attempt::Error(error)),
                 Err(AttemptError::TimedOut) => Err(Attempt::TimedOut),
             }
-        })
+        });
+        (future, None)
     })
 }
 
@@ -95,15 +97,20 @@ where
     let classifier = settings.classifier.clone();
     let idempotent = settings.idempotent;
 
-    Box::new(move |item| -> ItemFuture<V, E> {
+    Box::new(move |item| {
         let work = Arc::clone(&work);
         let policy = Arc::clone(&policy);
         let budget = budget.clone();
         let cancel = cancel.clone();
         let mut classifier = classifier.clone();
+        let attempts = Arc::new(AtomicU32::new(0));
+        let calls = Arc::clone(&attempts);
 
-        Box::pin(async move {
-            let operation = move || attempt(work(item.clone()), timeout);
+        let future: ItemFuture<V, E> = Box::pin(async move {
+            let operation = move || {
+                calls.fetch_add(1, Ordering::Relaxed);
+                attempt(work(item.clone()), timeout)
+            };
             let classify = move |error: &AttemptError<E>| match error {
                 AttemptError::Error(error) => classifier.classify(error),
                 AttemptError::TimedOut => ErrorClass::Ambiguous,
@@ -128,7 +135,8 @@ where
                     None => Err(Attempt::Cancelled),
                 },
             }
-        })
+        });
+        (future, Some(attempts))
     })
 }
 

@@ -58,14 +58,17 @@ async fn transient_failures_are_retried_until_they_pass() {
         let result = work.call(index);
         async move { result }
     });
-    let report = run
-        .finish()
-        .await
+    let (results, finished) = run.collect_all().await;
+    let report = finished
         .expect("every item passes in the end")
         .into_report();
 
     assert_eq!(report.counts().succeeded, 30);
     assert_eq!((flaky.calls(0), flaky.calls(1), flaky.calls(2)), (1, 2, 3));
+    for result in &results {
+        let index = u32::try_from(result.index).expect("small index");
+        assert_eq!(result.attempts, flaky.calls(index), "item {index}");
+    }
 }
 
 #[tokio::test(start_paused = true)]
