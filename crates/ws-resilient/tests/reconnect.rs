@@ -323,3 +323,77 @@ async fn a_server_close_while_the_client_writes_keeps_its_close_code() {
         "{reason:?}"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_time_limit_ends_a_run_of_failures() {
+    let proxy = FaultProxy::start(support::dead_address().await)
+        .await
+        .unwrap();
+    let mut config = config(Duration::from_millis(100));
+    config.backoff = config.backoff.max_elapsed(Duration::from_secs(1));
+    let (client, _incoming) = Client::builder(format!("ws://{}", proxy.local_addr()))
+        .config(config)
+        .build()
+        .unwrap();
+    let started = Instant::now();
+
+    let reason = client.closed().await;
+
+    // Waits of 100, 200 and 400 ms fit in the second; the next one (800 ms) would not.
+    let error = reason.error().expect("gave up");
+    assert!(
+        matches!(
+            error,
+            Error::GaveUp {
+                attempts: 4,
+                quick_drops: false,
+                ..
+            }
+        ),
+        "{error}"
+    );
+    assert_eq!(started.elapsed(), Duration::from_millis(700));
+    assert_eq!(proxy.stats().connections_accepted, 4);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_after_longer_than_allowed_stops_with_what_the_server_asked() {
+    let proxy = FaultProxy::start(support::dead_address().await)
+        .await
+        .unwrap();
+    proxy.set_fault(Fault::retry_after(503, 600));
+    let (client, _incoming) = Client::builder(format!("ws://{}", proxy.local_addr()))
+        .config(config(Duration::from_millis(100)))
+        .build()
+        .unwrap();
+
+    let reason = client.closed().await;
+
+    let error = reason.error().expect("stopped");
+    assert!(
+        matches!(error, Error::RetryAfterTooLong { requested, .. } if *requested == Duration::from_secs(600)),
+        "{error}"
+    );
+    assert_eq!(proxy.stats().connections_accepted, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn try_again_later_waits_at_least_five_seconds() {
+    let server = Server::start(|accepted| async move {
+        if accepted.index == 0 {
+            support::close_with(accepted.tcp, 1013).await;
+        } else {
+            record_texts(accepted).await;
+        }
+    })
+    .await;
+    let (client, _incoming) = Client::builder(server.url())
+        .config(config(Duration::from_millis(100)))
+        .build()
+        .unwrap();
+    server.wait_for_accepts(2).await;
+    wait_open(&client).await;
+
+    let times = server.accept_times();
+    assert_eq!(times[1] - times[0], Duration::from_secs(5));
+}
