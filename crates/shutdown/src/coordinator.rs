@@ -665,8 +665,12 @@ impl Inner {
     /// Stops stages and runs hooks, last registered first.
     async fn teardown(&self, progress: &mut Progress) -> Result<(), Interrupted> {
         let started = Instant::now();
-        let mut steps = self.take_steps();
-        while let Some(step) = steps.pop() {
+        let mut steps = Vec::new();
+        loop {
+            // A step may register another one (a hook adding a hook); being the latest
+            // registered, it runs next instead of being dropped unrun.
+            steps.extend(self.take_steps());
+            let Some(step) = steps.pop() else { break };
             let (name, kind) = (step.name.clone(), step.kind());
             let step_started = Instant::now();
             let Ok(end) = self.unless_forced(step.run()).await else {

@@ -199,6 +199,32 @@ async fn a_hook_that_panics_before_returning_its_future_is_reported_and_the_rest
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_hook_registered_during_teardown_still_runs_in_reverse_order() {
+    let shutdown = shutdown();
+    let ran = Arc::new(Mutex::new(Vec::new()));
+    let first = Arc::clone(&ran);
+    shutdown.hook("first", move || async move {
+        first.lock().expect("lock").push("first");
+    });
+    let (handle, second) = (shutdown.handle(), Arc::clone(&ran));
+    shutdown.hook("second", move || async move {
+        second.lock().expect("lock").push("second");
+        let late = Arc::clone(&second);
+        handle.hook("late", move || async move {
+            late.lock().expect("lock").push("late");
+        });
+    });
+
+    shutdown.trigger();
+    let report = shutdown.run().await;
+
+    assert_eq!(*ran.lock().expect("lock"), ["second", "late", "first"]);
+    let names: Vec<&str> = report.teardown().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, ["second", "late", "first"]);
+    assert_eq!(report.outcome(), Outcome::Clean);
+}
+
+#[tokio::test(start_paused = true)]
 async fn sd_06_stages_stop_in_reverse_start_order() {
     let shutdown = shutdown();
     let world = Arc::new(World::default());
