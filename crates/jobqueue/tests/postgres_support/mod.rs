@@ -96,32 +96,58 @@ impl TestDb {
 
     /// Runs SQL on a connection of its own, on a thread with its own
     /// runtime, so it works under paused time too.
+    ///
+    /// # Panics
+    ///
+    /// If the SQL fails.
     pub fn admin(&self, sql: &str) {
+        if let Err(error) = self.try_admin(sql) {
+            panic!("admin SQL failed: {error}");
+        }
+    }
+
+    fn try_admin(&self, sql: &str) -> Result<(), String> {
         let url = self.url.clone();
         let sql = sql.to_owned();
         std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
-                .expect("a runtime for admin SQL");
+                .map_err(|e| e.to_string())?;
             runtime.block_on(async move {
-                let mut conn = PgConnection::connect(&url).await.expect("admin connection");
+                let mut conn = PgConnection::connect(&url)
+                    .await
+                    .map_err(|e| e.to_string())?;
                 sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
                     .execute(&mut conn)
                     .await
-                    .expect("admin SQL");
+                    .map_err(|e| e.to_string())?;
                 let _ = conn.close().await;
-            });
+                Ok(())
+            })
         })
         .join()
-        .expect("admin thread");
+        .map_err(|_| "the admin thread panicked".to_owned())?
     }
 
-    /// Drops the test's schema.
+    /// Drops the test's schema (also done on drop, so that a failing test
+    /// leaves nothing behind).
     pub fn cleanup(&self) {
-        self.admin(&format!(
-            "DROP SCHEMA IF EXISTS \"{}\" CASCADE",
+        self.admin(&self.drop_schema());
+    }
+
+    fn drop_schema(&self) -> String {
+        // A bounded wait: after a failed test, a task of it may still hold
+        // a lock, and waiting for it would hang the test instead.
+        format!(
+            "SET lock_timeout = '5s'; DROP SCHEMA IF EXISTS \"{}\" CASCADE",
             self.schema
-        ));
+        )
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let _ = self.try_admin(&self.drop_schema());
     }
 }
