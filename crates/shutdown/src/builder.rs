@@ -36,6 +36,15 @@ pub enum BuildError {
         /// Which field of [`ExitCodes`] was zero.
         which: &'static str,
     },
+    /// A failure exit code was outside `1..=255`. A Unix exit status keeps only the low 8
+    /// bits, so 256 would read as success and -1 as 255.
+    #[error("exit code `{which}` must lie between 1 and 255, got {code}")]
+    ExitCodeOutOfRange {
+        /// Which field of [`ExitCodes`] was out of range.
+        which: &'static str,
+        /// The rejected code.
+        code: i32,
+    },
     /// `build` was called outside a tokio runtime, where no signal can be received.
     #[error("build() must be called from within a tokio runtime")]
     NoRuntime,
@@ -154,8 +163,10 @@ fn validate(config: &Config) -> Result<(), BuildError> {
     if config.step_timeout.is_zero() {
         return Err(BuildError::ZeroStepTimeout);
     }
-    if let Some(which) = config.exit_codes.first_zero() {
-        return Err(BuildError::ZeroExitCode { which });
+    match config.exit_codes.first_invalid() {
+        Some((which, 0)) => return Err(BuildError::ZeroExitCode { which }),
+        Some((which, code)) => return Err(BuildError::ExitCodeOutOfRange { which, code }),
+        None => {}
     }
     Ok(())
 }
@@ -224,6 +235,43 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn exit_codes_outside_1_to_255_are_rejected() {
+        for (code, expected_zero) in [(256, false), (512, false), (-1, false), (0, true)] {
+            let codes = ExitCodes {
+                terminate: code,
+                ..ExitCodes::default()
+            };
+            let error = Builder::new()
+                .signals(false)
+                .exit_codes(codes)
+                .build()
+                .expect_err("out of range");
+            match error {
+                BuildError::ZeroExitCode { which } => {
+                    assert!(expected_zero, "{code}");
+                    assert_eq!(which, "terminate");
+                }
+                BuildError::ExitCodeOutOfRange { which, code: got } => {
+                    assert!(!expected_zero, "{code}");
+                    assert_eq!((which, got), ("terminate", code));
+                }
+                other => panic!("{code}: {other}"),
+            }
+        }
+        let highest = ExitCodes {
+            error: 255,
+            ..ExitCodes::default()
+        };
+        assert!(
+            Builder::new()
+                .signals(false)
+                .exit_codes(highest)
+                .build()
+                .is_ok()
+        );
+    }
+
+    #[tokio::test]
     async fn bad_settings_name_the_rule() {
         let cases = [
             (
@@ -246,6 +294,13 @@ mod tests {
                     ..ExitCodes::default()
                 }),
                 "exit code `error` must be non-zero, or a failure would look like success",
+            ),
+            (
+                Builder::new().exit_codes(ExitCodes {
+                    forced: 256,
+                    ..ExitCodes::default()
+                }),
+                "exit code `forced` must lie between 1 and 255, got 256",
             ),
         ];
         for (builder, message) in cases {

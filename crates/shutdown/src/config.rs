@@ -55,8 +55,9 @@ impl Default for Config {
 /// The process exit code for each [`Outcome`](crate::Outcome) other than a clean stop,
 /// which is always 0.
 ///
-/// Every code here must be non-zero: a supervisor has to be able to tell a failure from a
-/// clean stop.
+/// Every code here must lie in `1..=255`: a supervisor has to be able to tell a failure
+/// from a clean stop, and a Unix exit status keeps only the low 8 bits, so 256 would read
+/// as 0.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct ExitCodes {
@@ -88,8 +89,8 @@ impl Default for ExitCodes {
 }
 
 impl ExitCodes {
-    /// The name of the first code that is zero, if any.
-    pub(crate) fn first_zero(&self) -> Option<&'static str> {
+    /// The name and value of the first code outside `1..=255`, if any.
+    pub(crate) fn first_invalid(&self) -> Option<(&'static str, i32)> {
         [
             ("error", self.error),
             ("panic", self.panic),
@@ -98,8 +99,7 @@ impl ExitCodes {
             ("terminate", self.terminate),
         ]
         .into_iter()
-        .find(|(_, code)| *code == 0)
-        .map(|(name, _)| name)
+        .find(|(_, code)| !(1..=255).contains(code))
     }
 }
 
@@ -110,7 +110,7 @@ mod tests {
     #[test]
     fn default_codes_are_non_zero_and_conventional() {
         let codes = ExitCodes::default();
-        assert_eq!(codes.first_zero(), None);
+        assert_eq!(codes.first_invalid(), None);
         assert_eq!(
             (codes.interrupt, codes.terminate, codes.panic),
             (130, 143, 70)
@@ -135,11 +135,11 @@ mod tests {
     }
 
     #[test]
-    fn first_zero_names_the_offending_code() {
+    fn first_invalid_names_the_offending_code() {
         let codes = ExitCodes {
             panic: 0,
             ..ExitCodes::default()
         };
-        assert_eq!(codes.first_zero(), Some("panic"));
+        assert_eq!(codes.first_invalid(), Some(("panic", 0)));
     }
 }
