@@ -189,7 +189,10 @@ async fn a_hook_that_panics_before_returning_its_future_is_reported_and_the_rest
     let report = shutdown.run().await;
 
     let panicked = End::Panicked("hook blew up before its future".to_owned());
-    assert_eq!(report.record("build flush").map(|r| &r.end), Some(&panicked));
+    assert_eq!(
+        report.record("build flush").map(|r| &r.end),
+        Some(&panicked)
+    );
     assert!(first_ran.load(Ordering::SeqCst), "the next hook still ran");
     assert_eq!(
         report.record("close pool").map(|r| &r.end),
