@@ -114,6 +114,8 @@ async fn scenario(postgres: Option<String>) {
     );
     let restart = async {
         if midway_rx.recv().await.is_some() {
+            // Restart under an open progress socket, so that it has to reconnect.
+            wait_for_session(server.addr).await;
             server = restart_server(server, &server_options).await;
         }
         server
@@ -171,6 +173,24 @@ fn assert_resumed_and_complete(second: &DemoReport, first: &DemoReport, bytes: u
         "demo: files={FILES} bytes={bytes} resumed={} retries={} dead=1 mismatches=0 ",
         second.resumed, second.retries
     )));
+}
+
+/// Waits until the server has a progress WebSocket session open.
+async fn wait_for_session(addr: std::net::SocketAddr) {
+    let http = reqwest::Client::new();
+    loop {
+        let report = match http.get(format!("http://{addr}/report")).send().await {
+            Ok(response) => response.bytes().await.ok(),
+            Err(_) => None,
+        };
+        let sessions = report
+            .and_then(|body| serde_json::from_slice::<wire::Report>(&body).ok())
+            .map_or(0, |report| report.sessions);
+        if sessions > 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// Stops the server gracefully and starts it again on the same port and state.

@@ -224,7 +224,8 @@ pub(crate) async fn run(
     let base = format!("http://{}", proxy.local_addr());
 
     let bars = Bars::new(options.progress, todo.len() as u64, todo_bytes);
-    let (socket, follower) = follow_progress(&proxy, &bars, &cancel)?;
+    let (totals_tx, mut totals_seen) = tokio::sync::watch::channel(0_u64);
+    let (socket, follower) = follow_progress(&proxy, &bars, totals_tx, &cancel)?;
 
     let urls = PathUrlStore {
         inner: FileUrlStore::new(options.state.join("uploads.json")),
@@ -270,6 +271,14 @@ pub(crate) async fn run(
 
     if !cancel.is_cancelled() {
         wait_for_verification(&base, &ids, options.verify_timeout, &cancel, &mut report).await;
+
+        // Let the progress feed show the final totals; after a server restart this waits
+        // for the socket to be back.
+        totals_seen.mark_unchanged();
+        let caught_up = tokio::time::timeout(Duration::from_secs(5), totals_seen.changed());
+        if caught_up.await.is_err() {
+            warn!("the progress feed did not deliver the final totals within 5 s");
+        }
     }
     report.interrupted = cancel.is_cancelled();
     if report.interrupted {
@@ -389,6 +398,7 @@ async fn chaos(
 fn follow_progress(
     proxy: &FaultProxy,
     bars: &Bars,
+    totals_seen: tokio::sync::watch::Sender<u64>,
     cancel: &CancellationToken,
 ) -> Result<(ws::Client, tokio::task::JoinHandle<()>), BoxError> {
     let config = ws::Config {
@@ -413,7 +423,10 @@ fn follow_progress(
         loop {
             tokio::select! {
                 event = incoming.recv() => match event {
-                    Some(ServerEvent::Totals(totals)) => bars.verified(totals.verified + totals.dead),
+                    Some(ServerEvent::Totals(totals)) => {
+                        bars.verified(totals.verified + totals.dead);
+                        totals_seen.send_modify(|seen| *seen += 1);
+                    }
                     Some(_) => {}
                     None => return,
                 },

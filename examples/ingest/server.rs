@@ -596,11 +596,14 @@ async fn send(socket: &mut WebSocket, event: &ServerEvent) -> Result<(), axum::E
 /// `GET /report`: where every upload stands, with attempt and retry counts.
 async fn report<S: Store>(State(app): State<Arc<App<S>>>) -> Response {
     match build_report(&app.queue, &app.uploads).await {
-        Ok(report) => (
-            [(CONTENT_TYPE, "application/json")],
-            serde_json::to_string(&report).unwrap_or_default(),
-        )
-            .into_response(),
+        Ok(mut report) => {
+            report.sessions = app.events.receiver_count() as u64;
+            (
+                [(CONTENT_TYPE, "application/json")],
+                serde_json::to_string(&report).unwrap_or_default(),
+            )
+                .into_response()
+        }
         Err(error) => (StatusCode::SERVICE_UNAVAILABLE, error.to_string()).into_response(),
     }
 }

@@ -78,6 +78,8 @@ pub(crate) struct Report {
     pub(crate) attempts: u64,
     /// Attempts that failed and were tried again.
     pub(crate) retries: u64,
+    /// Progress WebSocket sessions open right now.
+    pub(crate) sessions: u64,
 }
 
 /// Where one upload stands.
