@@ -1092,6 +1092,7 @@ async fn enqueue_on(
         }
     }
 
+    trace!(jobs = out.len(), "jobs enqueued");
     if !pending.is_empty() {
         return Err(StoreError::backend(
             op,
@@ -1216,6 +1217,11 @@ async fn heartbeat(
         .fetch_all(&inner.pool)
         .await
         .map_err(db("heartbeat"))?;
+    trace!(
+        extended = held.len(),
+        lost = leases.len().saturating_sub(held.len()),
+        "leases extended"
+    );
     Ok(leases
         .iter()
         .map(|l| held.contains(&(l.id.get(), l.lease)))
@@ -1293,6 +1299,11 @@ async fn finish(
         .fetch_all(&inner.pool)
         .await
         .map_err(db(op))?;
+    trace!(
+        written = rows.len(),
+        refused = completions.len().saturating_sub(rows.len()),
+        "outcomes written"
+    );
     let handed_back = rows
         .iter()
         .filter(|row| row.2 == JobState::Available.as_str())
@@ -1334,6 +1345,9 @@ async fn rescue(
             .fetch_all(&inner.pool)
             .await
             .map_err(db("rescue"))?;
+    if !rows.is_empty() {
+        trace!(rescued = rows.len(), "took back jobs with expired leases");
+    }
     let available = rows
         .iter()
         .filter(|row| row.3 == JobState::Available.as_str())
