@@ -74,6 +74,10 @@ pub struct RetryBudget {
 }
 
 /// Settings of a [`RetryBudget`] as a plain value (for configuration files).
+///
+/// The struct is `#[non_exhaustive]`: outside this crate, start from
+/// [`BudgetConfig::default`] and change fields, then build with
+/// [`RetryBudget::from_config`].
 #[derive(Clone, Debug, PartialEq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[cfg_attr(feature = "serde", serde(default))]
@@ -101,6 +105,19 @@ pub struct TokenBucket {
 }
 
 /// Settings of a [`TokenBucket`].
+///
+/// The struct is `#[non_exhaustive]`, so outside this crate start from the defaults and
+/// change fields:
+///
+/// ```
+/// use steadfast_backoff::{RetryKind, TokenBucket, TokenBucketConfig};
+///
+/// let mut config = TokenBucketConfig::default();
+/// config.capacity = 50;
+/// let bucket = TokenBucket::new(config);
+/// assert!(bucket.try_acquire(RetryKind::Timeout));
+/// assert_eq!(bucket.available(), 40);
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[cfg_attr(feature = "serde", serde(default))]

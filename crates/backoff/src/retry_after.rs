@@ -71,7 +71,7 @@ impl<C: WallClock + ?Sized> WallClock for &C {
 
 /// Reads a `Retry-After` value as a delay from `clock`'s now.
 ///
-/// Seconds may be arbitrarily large (they saturate at `Duration::MAX`); a date in the
+/// Seconds may be arbitrarily large (they saturate at `u64::MAX` seconds); a date in the
 /// past gives zero (retry now, as far as the server is concerned; the loop still
 /// waits its own delay).
 ///
