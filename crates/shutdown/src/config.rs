@@ -61,9 +61,11 @@ impl Default for Config {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct ExitCodes {
-    /// A critical task returned an error or ended although nothing asked it to. Default: 1.
+    /// A critical task or stage returned an error or ended although nothing asked it to,
+    /// or a hook returned an error. Default: 1.
     pub error: i32,
-    /// A critical task panicked. Default: 70 (`EX_SOFTWARE` of `sysexits.h`).
+    /// A critical task, stage or hook panicked. Default: 70 (`EX_SOFTWARE` of
+    /// `sysexits.h`).
     pub panic: i32,
     /// Work was still running at the deadline, or a teardown step overran its timeout, and
     /// was aborted. Default: 1.

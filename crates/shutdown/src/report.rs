@@ -181,9 +181,10 @@ impl fmt::Display for Phase {
 pub enum Outcome {
     /// Everything stopped by itself in time. Exit code 0.
     Clean,
-    /// A critical task failed or ended on its own. [`ExitCodes::error`].
+    /// A critical task or stage failed or ended on its own, or a hook failed.
+    /// [`ExitCodes::error`].
     Failed,
-    /// A critical task panicked. [`ExitCodes::panic`].
+    /// A critical task, stage or hook panicked. [`ExitCodes::panic`].
     Panicked,
     /// Something had to be aborted at a deadline or timeout. [`ExitCodes::forced`].
     Forced,
