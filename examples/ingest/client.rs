@@ -420,21 +420,26 @@ fn follow_progress(
     let mut state = socket.state();
     let bars = bars.clone();
     let follower = tokio::spawn(async move {
+        let mut socket_state = "progress socket connecting".to_owned();
+        let (mut retries, mut dead) = (0_u64, 0_u64);
         loop {
             tokio::select! {
                 event = incoming.recv() => match event {
                     Some(ServerEvent::Totals(totals)) => {
                         bars.verified(totals.verified + totals.dead);
                         totals_seen.send_modify(|seen| *seen += 1);
+                        continue;
                     }
-                    Some(_) => {}
+                    Some(ServerEvent::Retry { .. }) => retries += 1,
+                    Some(ServerEvent::Dead { .. }) => dead += 1,
+                    Some(_) => continue,
                     None => return,
                 },
                 changed = state.changed() => {
                     if changed.is_err() {
                         return;
                     }
-                    let text = match &*state.borrow_and_update() {
+                    socket_state = match &*state.borrow_and_update() {
                         WsState::Open => "progress socket open".to_owned(),
                         WsState::Reconnecting { attempt, .. } => {
                             format!("progress socket reconnecting (attempt {attempt})")
@@ -442,9 +447,11 @@ fn follow_progress(
                         WsState::Connecting { .. } => "progress socket connecting".to_owned(),
                         _ => "progress socket closed".to_owned(),
                     };
-                    bars.socket(text);
                 }
             }
+            bars.socket(format!(
+                "{socket_state}; seen {retries} job retries and {dead} dead letters"
+            ));
         }
     });
     Ok((socket, follower))

@@ -50,6 +50,10 @@ const SERVER_WAIT: Duration = Duration::from_secs(60);
 
 /// Runs the demo.
 pub(crate) fn run(args: &[String]) -> Result<(), String> {
+    if args.iter().any(|arg| arg == "-h" || arg == "--help") {
+        println!("{USAGE}");
+        return Ok(());
+    }
     let options = Options::parse(args)?;
     let root = workspace_root();
     let binary = build(&root, options.release)?;
@@ -153,7 +157,6 @@ impl Options {
                     .ok_or_else(|| format!("{flag} needs a value\n\n{USAGE}"))
             };
             match flag {
-                "-h" | "--help" => return Err(USAGE.to_owned()),
                 "--release" => options.release = true,
                 "--state" => options.state = Some(absolute(Path::new(&value()?))),
                 _ if SERVER_FLAGS.contains(&flag) => {
@@ -228,7 +231,8 @@ fn build(root: &Path, release: bool) -> Result<PathBuf, String> {
         .find_map(|line| {
             let start = line.find("\"executable\":\"")? + "\"executable\":\"".len();
             let end = start + line[start..].find('"')?;
-            Some(PathBuf::from(&line[start..end]))
+            // JSON escapes the backslashes of Windows paths.
+            Some(PathBuf::from(line[start..end].replace("\\\\", "\\")))
         })
         .ok_or_else(|| "cargo did not say where it put the ingest example".to_owned())
 }
@@ -334,4 +338,63 @@ fn spawn_client(
         .args(extra)
         .spawn()
         .map_err(|error| format!("cannot start the client: {error}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Options, String> {
+        let args: Vec<String> = args.iter().map(|arg| (*arg).to_owned()).collect();
+        Options::parse(&args)
+    }
+
+    #[test]
+    fn flags_go_to_the_program_that_understands_them() {
+        let options = parse(&[
+            "--cut-rate",
+            "0.3",
+            "--queue",
+            "postgres://localhost/test",
+            "--concurrency",
+            "8",
+            "--release",
+        ])
+        .expect("valid flags");
+
+        assert!(options.release);
+        assert_eq!(options.dir, None);
+        assert_eq!(
+            options.server_args,
+            ["--queue", "postgres://localhost/test"]
+        );
+        assert_eq!(
+            options.client_args,
+            ["--cut-rate", "0.3", "--concurrency", "8"]
+        );
+    }
+
+    #[test]
+    fn directory_and_state_are_made_absolute() {
+        let options = parse(&["src", "--state", "demo-state"]).expect("valid arguments");
+        let cwd = env::current_dir().expect("a working directory");
+
+        assert_eq!(options.dir, Some(cwd.join("src")));
+        assert_eq!(options.state, Some(cwd.join("demo-state")));
+    }
+
+    #[test]
+    fn bad_arguments_are_named() {
+        let unknown = parse(&["--fast"]).expect_err("unknown flag");
+        assert!(unknown.starts_with("unknown option `--fast`"), "{unknown}");
+
+        let missing = parse(&["--seed"]).expect_err("no value");
+        assert!(missing.starts_with("--seed needs a value"), "{missing}");
+
+        let two = parse(&["src", "src"]).expect_err("two directories");
+        assert!(two.starts_with("more than one directory"), "{two}");
+
+        let absent = parse(&["no-such-directory"]).expect_err("missing directory");
+        assert!(absent.ends_with("is not a directory"), "{absent}");
+    }
 }
