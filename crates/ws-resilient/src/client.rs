@@ -2,12 +2,13 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_util::sync::{CancellationToken, DropGuard};
+use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::error::{BoxError, BuildError, CloseReason, SendError};
@@ -118,7 +119,6 @@ impl Builder {
             .cancel
             .map(|token| token.child_token())
             .unwrap_or_default();
-        let handles = CancellationToken::new();
         let (state, state_rx) = watch::channel(State::Connecting { attempt: 1 });
         let (events, _) = broadcast::channel(256);
         let (incoming_tx, incoming_rx) = mpsc::channel(self.config.inbound_capacity);
@@ -129,6 +129,7 @@ impl Builder {
             state,
             rtt: Mutex::new(None),
             stop,
+            handles_gone: AtomicBool::new(false),
             config: self.config,
         });
 
@@ -137,13 +138,14 @@ impl Builder {
             request,
             self.hook,
             incoming_tx,
-            handles.clone(),
         ));
 
         let client = Client {
             shared: Arc::clone(&shared),
             state: state_rx,
-            _handles: Arc::new(handles.drop_guard()),
+            _handles: Arc::new(HandlesGuard {
+                shared: Arc::clone(&shared),
+            }),
         };
         Ok((
             client,
@@ -204,11 +206,23 @@ pub(crate) struct Shared {
     pub(crate) events: broadcast::Sender<Event>,
     pub(crate) state: watch::Sender<State>,
     pub(crate) rtt: Mutex<Option<Duration>>,
+    /// Cancelled by `close`, by the application's token, or when the last `Client` goes.
     pub(crate) stop: CancellationToken,
+    /// Set before `stop` is cancelled because the last `Client` went.
+    pub(crate) handles_gone: AtomicBool,
     pub(crate) config: Config,
 }
 
 impl Shared {
+    /// Why `stop` was cancelled.
+    pub(crate) fn stop_reason(&self) -> CloseReason {
+        if self.handles_gone.load(Ordering::Acquire) {
+            CloseReason::Dropped
+        } else {
+            CloseReason::Requested
+        }
+    }
+
     pub(crate) fn emit(&self, event: Event) {
         // No subscriber is fine: events are for whoever wants them.
         let _ = self.events.send(event);
@@ -225,7 +239,20 @@ impl Shared {
 pub struct Client {
     shared: Arc<Shared>,
     state: watch::Receiver<State>,
-    _handles: Arc<DropGuard>,
+    _handles: Arc<HandlesGuard>,
+}
+
+/// Stops the client when the last [`Client`] handle is dropped.
+#[derive(Debug)]
+struct HandlesGuard {
+    shared: Arc<Shared>,
+}
+
+impl Drop for HandlesGuard {
+    fn drop(&mut self) {
+        self.shared.handles_gone.store(true, Ordering::Release);
+        self.shared.stop.cancel();
+    }
 }
 
 impl Client {

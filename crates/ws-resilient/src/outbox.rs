@@ -1,8 +1,11 @@
 //! The outbound buffer between `send` and the socket task.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::task::Poll;
 
+use futures_util::task::AtomicWaker;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -51,7 +54,7 @@ pub(crate) struct Outbox {
     config: BufferConfig,
     max_message_size: usize,
     /// Wakes the socket task's writer.
-    pub(crate) ready: Notify,
+    pub(crate) ready: Ready,
     /// Wakes senders waiting for room.
     room: Notify,
 }
@@ -74,15 +77,22 @@ impl Outbox {
             }),
             config,
             max_message_size,
-            ready: Notify::new(),
+            ready: Ready::default(),
             room: Notify::new(),
         }
     }
 
     /// Queues a message under the overflow policy, waiting for room under
     /// [`Overflow::Wait`].
-    pub(crate) async fn push(&self, mut message: Message, replay: bool) -> Result<Sent, SendError> {
+    pub(crate) async fn push(&self, message: Message, replay: bool) -> Result<Sent, SendError> {
+        // The common case takes no part in the waiting machinery.
+        let mut message = match self.try_push(message, replay) {
+            Err(SendError::BufferFull(back)) if self.config.overflow == Overflow::Wait => back,
+            other => return other,
+        };
+
         loop {
+            // Registered before the retry, so room made in between is not missed.
             let room = self.room.notified();
             tokio::pin!(room);
             room.as_mut().enable();
@@ -146,7 +156,7 @@ impl Outbox {
             only_on,
         });
         drop(queue);
-        self.ready.notify_one();
+        self.ready.signal();
 
         if dropped.is_empty() {
             Ok(Sent::Queued)
@@ -226,6 +236,42 @@ impl Outbox {
     fn lock(&self) -> MutexGuard<'_, Queue> {
         // Every critical section leaves the queue consistent, so a poisoned lock is usable.
         self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// A wake-up flag for the single writer: lock-free, unlike `Notify`, because it is touched
+/// on every send.
+#[derive(Debug, Default)]
+pub(crate) struct Ready {
+    flag: AtomicBool,
+    waker: AtomicWaker,
+}
+
+impl Ready {
+    /// Marks work as ready and wakes the writer.
+    pub(crate) fn signal(&self) {
+        self.flag.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+
+    /// Waits until work was signalled since the last wait returned.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: the signal stays set until a wait returns.
+    pub(crate) async fn wait(&self) {
+        std::future::poll_fn(|cx| {
+            if self.flag.swap(false, Ordering::AcqRel) {
+                return Poll::Ready(());
+            }
+            self.waker.register(cx.waker());
+            if self.flag.swap(false, Ordering::AcqRel) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await;
     }
 }
 

@@ -17,7 +17,6 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, http};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
-use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 use tracing::{debug, trace};
 
@@ -53,14 +52,12 @@ pub(crate) async fn run(
     request: RequestFn,
     hook: Option<HookFn>,
     incoming: mpsc::Sender<Message>,
-    handles: CancellationToken,
 ) {
     let mut supervisor = Supervisor {
         shared: Arc::clone(&shared),
         request,
         hook,
         incoming,
-        handles,
         rng: match shared.config.seed {
             Some(seed) => SmallRng::seed_from_u64(seed),
             None => SmallRng::seed_from_u64(RandomState::new().hash_one(0u8)),
@@ -84,7 +81,6 @@ struct Supervisor {
     request: RequestFn,
     hook: Option<HookFn>,
     incoming: mpsc::Sender<Message>,
-    handles: CancellationToken,
     rng: SmallRng,
     /// Failed attempts in a row (connections that did not become stable included).
     failures: u32,
@@ -122,11 +118,9 @@ impl Supervisor {
         loop {
             self.transition(State::Connecting { attempt }, Event::Connecting { attempt });
             let stop = self.shared.stop.clone();
-            let handles = self.handles.clone();
             let connected = tokio::select! {
                 biased;
-                () = stop.cancelled() => return CloseReason::Requested,
-                () = handles.cancelled() => return CloseReason::Dropped,
+                () = stop.cancelled() => return self.shared.stop_reason(),
                 connected = connect(&self.request, &self.shared.config, ws_config) => connected,
             };
 
@@ -164,8 +158,7 @@ impl Supervisor {
             );
             tokio::select! {
                 biased;
-                () = stop.cancelled() => return CloseReason::Requested,
-                () = handles.cancelled() => return CloseReason::Dropped,
+                () = stop.cancelled() => return self.shared.stop_reason(),
                 () = tokio::time::sleep(delay) => {}
             }
         }
@@ -279,8 +272,7 @@ impl Supervisor {
             loop {
                 tokio::select! {
                     biased;
-                    () = shared.stop.cancelled() => break Ended::Stop(CloseReason::Requested),
-                    () = self.handles.cancelled() => break Ended::Stop(CloseReason::Dropped),
+                    () = shared.stop.cancelled() => break Ended::Stop(shared.stop_reason()),
                     error = &mut reader => break failed(error, opened_at),
                     error = &mut writer => break failed(error, opened_at),
                     outcome = &mut hook, if !hook_done => {
@@ -466,7 +458,7 @@ async fn write_until_error(
                     return Error::WebSocket(Arc::new(error));
                 }
             }
-            () = shared.outbox.ready.notified(), if hook_done => {}
+            () = shared.outbox.ready.wait(), if hook_done => {}
         }
 
         // Whatever woke us, send everything that is ready now, then flush once.
@@ -498,7 +490,7 @@ async fn write_until_error(
                 }
                 if rounds == MAX_ROUNDS {
                     // More is waiting: flush, let pings through, and come back at once.
-                    shared.outbox.ready.notify_one();
+                    shared.outbox.ready.signal();
                     break;
                 }
             }

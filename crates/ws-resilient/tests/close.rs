@@ -327,3 +327,29 @@ async fn an_unauthorized_upgrade_can_be_retried_once_credentials_are_refreshed()
 
     assert_eq!(server.accepts(), 2);
 }
+
+#[tokio::test(start_paused = true)]
+async fn dropping_every_handle_closes_the_connection() {
+    let mut server = Server::start(|accepted| async move {
+        let mut ws = tokio_tungstenite::accept_async(accepted.tcp).await.unwrap();
+        let mut close_code = None;
+        while let Some(Ok(frame)) = ws.next().await {
+            if let Frame::Close(frame) = frame {
+                close_code = frame.map(|frame| u16::from(frame.code));
+            }
+        }
+        let _ = accepted.record.send(format!("ended with {close_code:?}"));
+    })
+    .await;
+    let (client, mut incoming) = Client::builder(server.url()).build().unwrap();
+    support::wait_open(&client).await;
+    let other = client.clone();
+
+    drop(client);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(server.records.try_recv().is_err(), "one handle is still there");
+    drop(other);
+
+    assert_eq!(server.take(1).await, ["ended with Some(1000)"]);
+    assert_eq!(incoming.recv().await, None);
+}
