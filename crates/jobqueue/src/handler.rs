@@ -348,6 +348,7 @@ fn decode<J: Job>(codec: &str, payload: &[u8], retry: bool) -> Result<J, Failure
     } else {
         ErrorClass::Permanent
     };
+    // Not yet: codecs other than JSON (a codec per registered kind).
     if codec != JSON_CODEC {
         let message =
             format!("payload has unknown codec {codec:?} (this worker decodes {JSON_CODEC:?})");

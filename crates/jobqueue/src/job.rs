@@ -384,8 +384,10 @@ impl NewJob {
         self
     }
 
-    /// Makes the job unique by its kind and exact payload bytes.
+    /// Makes the job unique by its kind, codec and exact payload bytes.
     pub fn unique_by_payload(mut self) -> Self {
+        // Not yet: a digest of the payload; the key is the payload in hex, so it
+        // grows with the payload.
         let mut key = format!("{}:{}:", self.kind, self.codec);
         for byte in &self.payload {
             key.push_str(&format!("{byte:02x}"));
