@@ -565,6 +565,9 @@ async fn upload_one(ctx: Arc<Ctx>, file: Entry) -> Result<Sent, String> {
         .map_err(|error| format!("cannot record the upload: {error}"))?;
     ctx.finished(file.len);
 
+    // Not yet: a failure that lost no byte and cost no retry without progress (a cut
+    // after the server stored the whole chunk) is not seen as a resume; the uploader's
+    // progress has no counter of recoveries (see demo-requests.md).
     let resent = seen.sent.saturating_sub(file.len);
     Ok(Sent {
         id,

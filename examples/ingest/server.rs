@@ -260,6 +260,7 @@ where
 }
 
 /// A schema of its own per state directory, so two demos never run each other's jobs.
+// Not yet: nothing drops the schema when a temporary state directory is removed.
 fn postgres_schema(state: &std::path::Path) -> String {
     let path = state.to_string_lossy();
     let digest = crate::wire::hex(&<sha2::Sha256 as sha2::Digest>::digest(path.as_bytes()));

@@ -86,6 +86,9 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
     eprintln!("demo: server listening on {}", server.addr);
     let mut client = spawn_client(&binary, &dir, &state, &server.addr, &options.client_args)?;
 
+    // Not yet: std cannot catch SIGINT, so Ctrl-C ends this driver at once; the server and
+    // the client get the same signal from the terminal and shut down gracefully by
+    // themselves, but the summary line is theirs, not the driver's.
     let mut restarted = false;
     let client_status = loop {
         if let Some(status) = client.try_wait().map_err(|error| error.to_string())? {
@@ -299,11 +302,11 @@ impl Server {
     }
 }
 
-/// SIGTERM, through the `kill` command since std cannot send signals.
+/// SIGTERM, through the shell's `kill` built-in since std cannot send signals.
 #[cfg(unix)]
 fn terminate(child: &mut Child) {
-    let sent = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+    let sent = Command::new("sh")
+        .args(["-c", &format!("kill -TERM {}", child.id())])
         .status()
         .is_ok_and(|status| status.success());
     if !sent {
