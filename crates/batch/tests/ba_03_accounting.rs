@@ -12,47 +12,48 @@ use steadfast_batch::{
 };
 use tokio::time::sleep;
 
-/// What one item will do.
+/// What one item will do, with durations in units (1 ms on paused time, less on real time).
 #[derive(Clone, Copy, Debug)]
 enum Fate {
-    Succeed(u64),
-    Fail(u64),
-    Panic(u64),
+    Succeed(u32),
+    Fail(u32),
+    Panic(u32),
     Overrun,
 }
 
-const TIMEOUT: Duration = Duration::from_millis(50);
+/// The per-item timeout, in units.
+const TIMEOUT: u32 = 50;
 
-async fn play(fate: Fate) -> Result<(), String> {
+async fn play(fate: Fate, unit: Duration) -> Result<(), String> {
     match fate {
-        Fate::Succeed(ms) => {
-            sleep(Duration::from_millis(ms)).await;
+        Fate::Succeed(units) => {
+            sleep(unit * units).await;
             Ok(())
         }
-        Fate::Fail(ms) => {
-            sleep(Duration::from_millis(ms)).await;
-            Err(format!("failed after {ms} ms"))
+        Fate::Fail(units) => {
+            sleep(unit * units).await;
+            Err(format!("failed after {units} units"))
         }
-        Fate::Panic(ms) => {
-            sleep(Duration::from_millis(ms)).await;
-            panic!("panicked after {ms} ms");
+        Fate::Panic(units) => {
+            sleep(unit * units).await;
+            panic!("panicked after {units} units");
         }
         Fate::Overrun => {
-            sleep(TIMEOUT * 2).await;
+            sleep(unit * TIMEOUT * 2).await;
             Ok(())
         }
     }
 }
 
-fn fates(rng: &mut SmallRng) -> Vec<Fate> {
-    let count = rng.random_range(0..=500);
+fn fates(rng: &mut SmallRng, max_items: usize) -> Vec<Fate> {
+    let count = rng.random_range(0..=max_items);
     (0..count)
         .map(|_| {
-            let ms = rng.random_range(1..20);
+            let units = rng.random_range(1..20);
             match rng.random_range(0..100) {
-                0..70 => Fate::Succeed(ms),
-                70..80 => Fate::Fail(ms),
-                80..90 => Fate::Panic(ms),
+                0..70 => Fate::Succeed(units),
+                70..80 => Fate::Fail(units),
+                80..90 => Fate::Panic(units),
                 _ => Fate::Overrun,
             }
         })
@@ -60,9 +61,9 @@ fn fates(rng: &mut SmallRng) -> Vec<Fate> {
 }
 
 /// One seeded run: random input, policy, window and cancellation; checks the accounting.
-async fn one_run(seed: u64) {
+async fn one_run(seed: u64, unit: Duration, max_items: usize) {
     let mut rng = SmallRng::seed_from_u64(seed);
-    let fates = fates(&mut rng);
+    let fates = fates(&mut rng, max_items);
     let count = fates.len() as u64;
 
     let skip_limit = rng.random_range(0..10);
@@ -83,12 +84,12 @@ async fn one_run(seed: u64) {
         CancelMode::Immediate
     } else {
         CancelMode::Graceful {
-            grace: Duration::from_millis(rng.random_range(0..50)),
+            grace: unit * rng.random_range(0..50),
         }
     };
     let cancel_at = rng
         .random_bool(0.3)
-        .then(|| Duration::from_millis(rng.random_range(0..300)));
+        .then(|| unit * rng.random_range(0..300));
 
     let token = CancellationToken::new();
     let batch = Batch::builder()
@@ -96,9 +97,9 @@ async fn one_run(seed: u64) {
         .buffer(NonZeroUsize::new(rng.random_range(1..8)).expect("not zero"))
         .order(order)
         .policy(policy)
-        .item_timeout(TIMEOUT)
+        .item_timeout(unit * TIMEOUT)
         .cancel_mode(cancel_mode)
-        .stop_grace(Duration::from_millis(rng.random_range(0..30)))
+        .stop_grace(unit * rng.random_range(0..30))
         .cancel(token.clone())
         .build()
         .expect("valid settings");
@@ -109,7 +110,7 @@ async fn one_run(seed: u64) {
         });
     }
 
-    let mut run = batch.run(fates, play);
+    let mut run = batch.run(fates, move |fate| play(fate, unit));
     let mut seen = HashSet::new();
     let mut streamed = Vec::new();
     while let Some(result) = run.next().await {
@@ -180,7 +181,32 @@ async fn one_run(seed: u64) {
 
 #[tokio::test(start_paused = true)]
 async fn ba_03_every_item_is_accounted_for_once_over_1000_seeded_runs() {
-    // Hundreds of items panic on purpose; keep their messages out of the test output.
+    quiet_planned_panics();
+
+    for seed in 0..1_000 {
+        let run = one_run(seed, Duration::from_millis(1), 500);
+        tokio::time::timeout(Duration::from_secs(600), run)
+            .await
+            .unwrap_or_else(|_| panic!("seed {seed}: the run hangs"));
+    }
+}
+
+/// The same property with items finishing on two worker threads in real time (units of
+/// 100 µs, so each run lasts milliseconds): no interleaving may lose or repeat an item.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ba_03_accounting_holds_with_real_threads_and_real_time() {
+    quiet_planned_panics();
+
+    for seed in 0..60 {
+        let run = one_run(seed, Duration::from_micros(100), 80);
+        tokio::time::timeout(Duration::from_secs(30), run)
+            .await
+            .unwrap_or_else(|_| panic!("seed {seed}: the run hangs"));
+    }
+}
+
+/// Hundreds of items panic on purpose; keeps their messages out of the test output.
+fn quiet_planned_panics() {
     let default_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         let planned = info
@@ -191,14 +217,6 @@ async fn ba_03_every_item_is_accounted_for_once_over_1000_seeded_runs() {
             default_hook(info);
         }
     }));
-
-    for seed in 0..1_000 {
-        let run = tokio::time::timeout(Duration::from_secs(600), one_run(seed));
-        run.await
-            .unwrap_or_else(|_| panic!("seed {seed}: the run hangs"));
-    }
-
-    let _ = std::panic::take_hook();
 }
 
 #[tokio::test(start_paused = true)]
