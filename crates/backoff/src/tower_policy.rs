@@ -161,7 +161,7 @@ where
     fn retry(&mut self, _request: &mut Req, result: &mut Result<Res, E>) -> Option<Sleep> {
         self.attempts = self.attempts.saturating_add(1);
         if self.attempts == 1 {
-            self.started = Some(Instant::now());
+            self.started.get_or_insert_with(Instant::now);
             if let Some(budget) = &self.budget {
                 budget.on_request();
             }
@@ -198,6 +198,12 @@ where
     }
 
     fn clone_request(&mut self, request: &Req) -> Option<Req> {
+        // Tower calls this before every call, the first one on the shared policy just
+        // before cloning it for the request: start the elapsed-time clock there, so that
+        // the first call's own time counts, as in `retry`.
+        if self.attempts == 0 {
+            self.started = Some(Instant::now());
+        }
         Some(request.clone())
     }
 }

@@ -130,3 +130,39 @@ fn an_invalid_policy_is_rejected_when_the_layer_is_built() {
         "max_attempts counts the first call and must be at least 1"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_first_call_counts_towards_the_elapsed_limit() {
+    let policy = Backoff::constant(Duration::from_secs(2))
+        .unlimited_attempts()
+        .max_elapsed(Duration::from_secs(6));
+    let calls = Arc::new(AtomicU32::new(0));
+    let call_secs = Arc::new(AtomicU32::new(5));
+    let (counter, secs) = (calls.clone(), call_secs.clone());
+    let mut service = ServiceBuilder::new()
+        .retry(TowerPolicy::new(&policy).unwrap())
+        .service_fn(move |_: u32| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            let took = Duration::from_secs(secs.load(Ordering::SeqCst).into());
+            async move {
+                tokio::time::sleep(took).await;
+                Err::<u32, _>(io::Error::from(io::ErrorKind::ConnectionReset))
+            }
+        });
+
+    // As in `retry`: a 5 s call leaves 1 s of the 6 s limit, too little for a 2 s wait.
+    let started = Instant::now();
+    service.ready().await.unwrap().call(1).await.unwrap_err();
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert_eq!(started.elapsed(), Duration::from_secs(5));
+
+    // A later request gets a clock of its own: 1 s calls and 2 s waits make calls at 0,
+    // 3 and 6 s (the wait after the call ending at 4 s ends at the limit, not past it).
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    calls.store(0, Ordering::SeqCst);
+    call_secs.store(1, Ordering::SeqCst);
+    let started = Instant::now();
+    service.ready().await.unwrap().call(1).await.unwrap_err();
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+    assert_eq!(started.elapsed(), Duration::from_secs(7));
+}
