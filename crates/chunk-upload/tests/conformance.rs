@@ -606,3 +606,46 @@ async fn raw_requests_with_garbage_headers_get_400_not_a_crash() {
     .await;
     assert_eq!(response.status, 400);
 }
+
+#[tokio::test]
+async fn a_stalled_writer_is_taken_over_by_a_new_patch() {
+    let config = ServerConfig {
+        takeover_after: Duration::from_millis(300),
+        ..ServerConfig::default()
+    };
+    let server = start(config).await;
+    let location = create(&server, 20).await;
+
+    // A client that sent 10 of 20 bytes and went silent without closing.
+    let mut stalled = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let head = format!(
+        "PATCH {location} HTTP/1.1\r\nHost: x\r\nTus-Resumable: 1.0.0\r\nUpload-Offset: 0\r\n\
+         Content-Type: application/offset+octet-stream\r\nContent-Length: 20\r\n\r\n0123456789"
+    );
+    tokio::io::AsyncWriteExt::write_all(&mut stalled, head.as_bytes())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    // Too early: the writer is not stalled yet.
+    assert_eq!(
+        patch(&server, &location, 10, b"abcdefghij".to_vec())
+            .await
+            .status(),
+        423
+    );
+
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let started = std::time::Instant::now();
+    let response = patch(&server, &location, 10, b"abcdefghij".to_vec()).await;
+    assert_eq!(response.status(), 204);
+    assert!(started.elapsed() < Duration::from_secs(2));
+    let stored = std::fs::read(
+        server
+            .server
+            .store()
+            .data_path(&location[7..].parse().unwrap()),
+    )
+    .unwrap();
+    assert_eq!(stored, b"0123456789abcdefghij");
+}
