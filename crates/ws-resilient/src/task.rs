@@ -292,14 +292,18 @@ impl Supervisor {
         };
 
         shared.outbox.set_open(None);
-        if in_flight > 0 {
-            report_discards(&shared, DiscardReason::LostInFlight, in_flight);
-        }
         if let Ended::Stop(reason) = &ended {
             debug!(?reason, "closing");
             shared.state.send_replace(State::Closing);
             shared.outbox.refuse();
-            close_gracefully(&mut sink, &mut stream, config.close_timeout).await;
+            if close_gracefully(&mut sink, &mut stream, config.close_timeout).await {
+                // The close frame went out behind everything fed before it.
+                Counters::add(&shared.counters.messages_sent, in_flight);
+                in_flight = 0;
+            }
+        }
+        if in_flight > 0 {
+            report_discards(&shared, DiscardReason::LostInFlight, in_flight);
         }
         ended
     }
@@ -360,6 +364,7 @@ async fn handshake(request: Request, ws_config: WebSocketConfig) -> Result<Socke
     // Small messages must not wait for Nagle's algorithm.
     let _ = tcp.set_nodelay(true);
 
+    // Not yet: the rustls path has no loopback test; that needs a test certificate and CA.
     #[cfg(feature = "rustls")]
     let upgraded =
         tokio_tungstenite::client_async_tls_with_config(request, tcp, Some(ws_config), None).await;
@@ -375,6 +380,7 @@ async fn handshake(request: Request, ws_config: WebSocketConfig) -> Result<Socke
 }
 
 fn upgrade_error(error: tungstenite::Error) -> Error {
+    // Not yet: redirects (3xx) on the upgrade are not followed; they end as a rejection.
     match error {
         tungstenite::Error::Http(response) => Error::Rejected {
             status: response.status().as_u16(),
@@ -604,6 +610,8 @@ async fn read(
 /// Hands a message to the application, waiting while its queue is full; while it waits,
 /// the socket is not read and the liveness check is suspended.
 async fn deliver(message: Message, incoming: &mpsc::Sender<Message>, shared: &Shared) {
+    // Not yet: while the application's queue is full the socket is not read, so the
+    // server's pings wait for the application too.
     Counters::add(&shared.counters.messages_received, 1);
     let message = match incoming.try_send(message) {
         Ok(()) => return,
@@ -625,12 +633,14 @@ fn report_discards(shared: &Shared, reason: DiscardReason, count: u64) {
     shared.emit(Event::Discarded { reason, count });
 }
 
-/// Sends a normal close and waits, within `timeout`, for the server's close.
+/// Sends a normal close and waits, within `timeout`, for the server's close. Returns
+/// whether the close frame, and so everything written before it, was flushed.
 async fn close_gracefully(
     sink: &mut SplitSink<Socket, tungstenite::Message>,
     stream: &mut SplitStream<Socket>,
     timeout: Duration,
-) {
+) -> bool {
+    let mut flushed = false;
     let handshake = async {
         let frame = CloseFrame {
             code: CloseCode::Normal,
@@ -643,9 +653,11 @@ async fn close_gracefully(
         {
             return;
         }
+        flushed = true;
         while let Some(Ok(_)) = stream.next().await {}
     };
     if tokio::time::timeout(timeout, handshake).await.is_err() {
         debug!(?timeout, "the server did not answer the close in time");
     }
+    flushed
 }

@@ -347,7 +347,10 @@ async fn dropping_every_handle_closes_the_connection() {
 
     drop(client);
     tokio::time::sleep(Duration::from_secs(1)).await;
-    assert!(server.records.try_recv().is_err(), "one handle is still there");
+    assert!(
+        server.records.try_recv().is_err(),
+        "one handle is still there"
+    );
     drop(other);
 
     assert_eq!(server.take(1).await, ["ended with Some(1000)"]);
