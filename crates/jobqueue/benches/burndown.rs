@@ -6,8 +6,8 @@
 //!   worker (concurrency 64) drains them; jobs/s is measured from the
 //!   worker's start to the last completion.
 //! - `live`: the worker runs while a producer enqueues 100,000 jobs in
-//!   batches of 100 at half the burn-down rate just measured (so the queue
-//!   keeps up and the figure is latency, not backlog); enqueue-to-start
+//!   batches of 100 at a third of the burn-down rate just measured (headroom,
+//!   so the figure is latency rather than backlog on a busy machine); enqueue-to-start
 //!   latency is measured per job from the moment its batch was handed to
 //!   the store to the moment its handler starts (p50 and p99).
 //!
@@ -149,12 +149,12 @@ fn main() {
 
         let memory = run(InMemoryStore::new(), None).await;
         let memory_rate = report("jobqueue_burndown_memory", &memory, false);
-        let memory_live = run(InMemoryStore::new(), Some(memory_rate / 2.0)).await;
+        let memory_live = run(InMemoryStore::new(), Some(memory_rate / 3.0)).await;
         report("jobqueue_live_memory", &memory_live, true);
 
         let sqlite_burn = run(sqlite(&dir, "burndown.db").await, None).await;
         let sqlite_rate = report("jobqueue_burndown_sqlite", &sqlite_burn, false);
-        let sqlite_live = run(sqlite(&dir, "live.db").await, Some(sqlite_rate / 2.0)).await;
+        let sqlite_live = run(sqlite(&dir, "live.db").await, Some(sqlite_rate / 3.0)).await;
         report("jobqueue_live_sqlite", &sqlite_live, true);
 
         println!(
