@@ -24,8 +24,16 @@ fn read(path: &Path) -> String {
 #[test]
 fn every_member_has_readme_changelog_and_workspace_lints() {
     for member in members() {
-        assert!(member.join("README.md").is_file(), "{} has no README.md", member.display());
-        assert!(member.join("CHANGELOG.md").is_file(), "{} has no CHANGELOG.md", member.display());
+        assert!(
+            member.join("README.md").is_file(),
+            "{} has no README.md",
+            member.display()
+        );
+        assert!(
+            member.join("CHANGELOG.md").is_file(),
+            "{} has no CHANGELOG.md",
+            member.display()
+        );
 
         let manifest = read(&member.join("Cargo.toml"));
         assert!(
@@ -45,8 +53,16 @@ fn every_member_has_readme_changelog_and_workspace_lints() {
 fn every_member_lib_opens_with_docs_and_an_example() {
     for member in members() {
         let lib = read(&member.join("src/lib.rs"));
-        assert!(lib.starts_with("//!"), "{} lib.rs does not open with docs", member.display());
-        assert!(lib.contains("//! ```"), "{} lib.rs has no doc example", member.display());
+        assert!(
+            lib.starts_with("//!"),
+            "{} lib.rs does not open with docs",
+            member.display()
+        );
+        assert!(
+            lib.contains("//! ```"),
+            "{} lib.rs has no doc example",
+            member.display()
+        );
     }
 }
 
@@ -60,6 +76,12 @@ fn no_toolchain_is_pinned() {
 fn ci_runs_the_test_command_the_readme_gives() {
     let readme = read(&root().join("README.md"));
     let ci = read(&root().join(".ci/run"));
-    assert!(readme.contains("cargo xtask test"), "README.md does not give `cargo xtask test`");
-    assert!(ci.contains("cargo xtask test"), ".ci/run does not run `cargo xtask test`");
+    assert!(
+        readme.contains("cargo xtask test"),
+        "README.md does not give `cargo xtask test`"
+    );
+    assert!(
+        ci.contains("cargo xtask test"),
+        ".ci/run does not run `cargo xtask test`"
+    );
 }
