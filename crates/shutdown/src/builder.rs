@@ -127,7 +127,10 @@ impl Builder {
     /// and SIGINT.
     ///
     /// From then on those signals no longer end the process by themselves: they trigger
-    /// the shutdown instead, for as long as the process lives.
+    /// the shutdown instead, for as long as the process lives. Once the [`Shutdown`] is
+    /// dropped (at the end of [`Shutdown::run`], or unused) nothing listens any more and
+    /// further SIGTERM and SIGINT are ignored, so end `main` with
+    /// [`Report::exit`](crate::Report::exit) rather than carrying on.
     ///
     /// # Errors
     ///
