@@ -10,7 +10,9 @@
 //!     seed's pool of 5 raised to 50 so both use the same concurrency), each as a ratio
 //!     of the ideal lower bound max(sum / concurrency, longest item). Measured on paused
 //!     (virtual) tokio time, which is exact and deterministic, and once more for ours on
-//!     real time, where the timer's 1 ms granularity adds to every short item.
+//!     real time, where the timer's 1 ms granularity adds to every short item. For
+//!     reference, the seed's literal pool of 5, and ours at concurrency 5, are also
+//!     measured against their own ideal (the same bound at concurrency 5).
 
 use std::convert::Infallible;
 use std::num::NonZeroUsize;
@@ -27,6 +29,7 @@ const NOOP_CONCURRENCY: usize = 64;
 const LATENCY_ITEMS: usize = 20_000;
 const LATENCY_CONCURRENCY: usize = 50;
 const SEED_BATCH: usize = 100;
+const SEED_POOL: usize = 5;
 
 fn main() {
     noop_throughput();
@@ -117,9 +120,9 @@ fn latencies() -> Vec<Duration> {
         .collect()
 }
 
-async fn ours_latency(latencies: Vec<Duration>) -> Duration {
+async fn ours_latency(latencies: Vec<Duration>, concurrency: usize) -> Duration {
     let start = tokio::time::Instant::now();
-    let mut run = batch(LATENCY_CONCURRENCY).run(latencies, |latency| async move {
+    let mut run = batch(concurrency).run(latencies, |latency| async move {
         tokio::time::sleep(latency).await;
         Ok::<_, Infallible>(())
     });
@@ -130,12 +133,12 @@ async fn ours_latency(latencies: Vec<Duration>) -> Duration {
 
 /// The seed's approach: split into batches, run each with bounded concurrency, and await
 /// the whole batch before starting the next.
-async fn batch_then_pool(latencies: Vec<Duration>) -> Duration {
+async fn batch_then_pool(latencies: Vec<Duration>, pool: usize) -> Duration {
     let start = tokio::time::Instant::now();
     for chunk in latencies.chunks(SEED_BATCH) {
         futures::stream::iter(chunk.iter().copied())
             .map(tokio::time::sleep)
-            .buffer_unordered(LATENCY_CONCURRENCY)
+            .buffer_unordered(pool)
             .collect::<Vec<()>>()
             .await;
     }
@@ -148,9 +151,12 @@ fn heavy_tailed_latency() {
     let longest = latencies.iter().max().copied().unwrap_or_default();
     let ideal = (sum / LATENCY_CONCURRENCY as u32).max(longest);
 
-    let ours = runtime(true).block_on(ours_latency(latencies.clone()));
-    let seed = runtime(true).block_on(batch_then_pool(latencies.clone()));
-    let ours_real = runtime(false).block_on(ours_latency(latencies));
+    let ours = runtime(true).block_on(ours_latency(latencies.clone(), LATENCY_CONCURRENCY));
+    let seed = runtime(true).block_on(batch_then_pool(latencies.clone(), LATENCY_CONCURRENCY));
+    let seed_pool5 = runtime(true).block_on(batch_then_pool(latencies.clone(), SEED_POOL));
+    let ours_pool5 = runtime(true).block_on(ours_latency(latencies.clone(), SEED_POOL));
+    let ideal_pool5 = (sum / SEED_POOL as u32).max(longest);
+    let ours_real = runtime(false).block_on(ours_latency(latencies, LATENCY_CONCURRENCY));
 
     println!(
         "bench latency_20k_ideal: {:.1} ms",
@@ -179,6 +185,14 @@ fn heavy_tailed_latency() {
     println!(
         "bench latency_20k_ours_vs_ideal_real: {:.3} x",
         ratio(ours_real, ideal)
+    );
+    println!(
+        "bench latency_20k_seed_literal_pool5_vs_its_ideal_virtual: {:.3} x",
+        ratio(seed_pool5, ideal_pool5)
+    );
+    println!(
+        "bench latency_20k_ours_pool5_vs_its_ideal_virtual: {:.3} x",
+        ratio(ours_pool5, ideal_pool5)
     );
 }
 
