@@ -46,7 +46,9 @@ fn node_ready() -> bool {
     // Tests run as parallel processes. Each that finds no packages installs into a private
     // directory and renames the result into place; the first rename wins.
     static IN_PROCESS: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _serial = IN_PROCESS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _serial = IN_PROCESS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let target = interop_dir().join("node_modules");
     if !target.join("tus-js-client").exists() {
         let staging = interop_dir().join(format!(".install-{}", std::process::id()));

@@ -244,7 +244,10 @@ async fn up_02_c_never_more_than_one_request_in_flight_per_upload() {
         sha256(&source)
     );
     // 16 chunks plus at least one HEAD per fault: every planned fault was reached.
-    assert!(counter.load(Ordering::SeqCst) >= 26, "only {counter:?} requests");
+    assert!(
+        counter.load(Ordering::SeqCst) >= 26,
+        "only {counter:?} requests"
+    );
     assert_eq!(max_seen.load(Ordering::SeqCst), 1);
 }
 

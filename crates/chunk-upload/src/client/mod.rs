@@ -512,6 +512,7 @@ impl<U: UrlStore> Upload<U> {
         let parallel = shared.config.parallel_parts > 1
             && caps.supports(extension::CONCATENATION)
             && length.is_some_and(|l| l >= u64::from(shared.config.parallel_parts));
+        // Not yet: parallel parts for reader sources; each part would need its own buffer.
         let url = match &source {
             Source::File(file) if parallel => ctx.parallel(file, &self.metadata).await?,
             _ => ctx.sequential(&mut source, &self.metadata).await?,
@@ -580,7 +581,21 @@ impl<U: UrlStore> Shared<U> {
     }
 
     /// Runs `op` until it succeeds, fails permanently, or the policy gives up.
-    async fn with_retries<T, F, Fut>(&self, what: &'static str, mut op: F) -> Result<T, UploadError>
+    async fn with_retries<T, F, Fut>(&self, what: &'static str, op: F) -> Result<T, UploadError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, UploadError>>,
+    {
+        self.retry_unless(what, |_| false, op).await
+    }
+
+    /// As [`Shared::with_retries`], but errors for which `fatal` holds end it at once.
+    async fn retry_unless<T, F, Fut>(
+        &self,
+        what: &'static str,
+        fatal: impl Fn(&UploadError) -> bool,
+        mut op: F,
+    ) -> Result<T, UploadError>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, UploadError>>,
@@ -591,6 +606,7 @@ impl<U: UrlStore> Shared<U> {
             attempts += 1;
             match op().await {
                 Ok(value) => return Ok(value),
+                Err(error) if fatal(&error) => return Err(error),
                 Err(error) => {
                     let Some(delay) = next_delay(&mut schedule, &error) else {
                         return Err(give_up(attempts, error));
@@ -683,6 +699,8 @@ enum Outcome {
 }
 
 impl<U: UrlStore> Ctx<U> {
+    // Not yet: creation-with-upload (sending the first chunk in the POST), which would
+    // save one round trip per upload.
     async fn create(
         &self,
         length: Option<u64>,
@@ -705,9 +723,12 @@ impl<U: UrlStore> Ctx<U> {
             }
         }
 
+        // A 201 without Location cannot be resumed, and repeating the POST would create
+        // another upload: a missing header ends the creation at once.
+        let fatal = |e: &UploadError| matches!(e, UploadError::MissingHeader { .. });
         let shared = &self.shared;
         shared
-            .with_retries("POST", || {
+            .retry_unless("POST", fatal, || {
                 let headers = headers.clone();
                 async move {
                     let response = shared
@@ -723,13 +744,7 @@ impl<U: UrlStore> Ctx<U> {
                         .ok_or(UploadError::MissingHeader {
                             request: "POST",
                             header: "Location",
-                        });
-                    // A 201 without Location cannot be resumed, and repeating the POST
-                    // would create another upload: stop here.
-                    let location = match location {
-                        Ok(location) => location,
-                        Err(error) => return Err(permanent(error)),
-                    };
+                        })?;
                     shared
                         .endpoint
                         .join(location)
@@ -742,7 +757,6 @@ impl<U: UrlStore> Ctx<U> {
                 }
             })
             .await
-            .map_err(unwrap_permanent)
     }
 
     /// HEAD: the stored offset, `Err(Gone)` for 404/410.
@@ -1160,21 +1174,6 @@ impl<U: UrlStore> Ctx<U> {
         let concat = Concat::Final(urls.iter().map(Url::to_string).collect());
         let url = self.create(None, metadata, Some(&concat)).await?;
         Ok(url.to_string())
-    }
-}
-
-/// Marks an error as final for `with_retries`, whatever its class.
-fn permanent(error: UploadError) -> UploadError {
-    UploadError::RetriesExhausted {
-        attempts: 0,
-        last: Box::new(error),
-    }
-}
-
-fn unwrap_permanent(error: UploadError) -> UploadError {
-    match error {
-        UploadError::RetriesExhausted { attempts: 0, last } => *last,
-        other => other,
     }
 }
 

@@ -160,6 +160,7 @@ async fn serve<S: Store>(inner: &Arc<Inner<S>>, parts: http::request::Parts, bod
             terminate(inner, &id).await
         }
         (Target::Collection, _) => Err(not_allowed("POST, OPTIONS")),
+        // Not yet: GET to download a finished upload (applications read the store).
         (Target::Upload(_), _) => Err(not_allowed("HEAD, PATCH, DELETE, OPTIONS")),
     }
 }
