@@ -243,3 +243,40 @@ fn generate(dir: &Path, seed: u64) -> u64 {
     write(&dir.join(".git/objects/skipped"), 5_000, false);
     total
 }
+
+#[test]
+fn dead_letter_patterns_match_whole_relative_paths() {
+    use crate::wire::glob_match;
+
+    assert!(glob_match("*.lock", "Cargo.lock"));
+    assert!(
+        glob_match("*.lock", "crates/a/Cargo.lock"),
+        "* spans slashes"
+    );
+    assert!(
+        !glob_match("*.lock", "Cargo.lock.bak"),
+        "the whole path must match"
+    );
+    assert!(glob_match("inbox/?oison.*", "inbox/poison.bad"));
+    assert!(
+        !glob_match("inbox/?oison.*", "inbox/oison.bad"),
+        "? is exactly one"
+    );
+    assert!(
+        glob_match("*a*b*", "xxaxxbxx"),
+        "backtracking over several stars"
+    );
+    assert!(!glob_match("*a*b", "xxbxxa"));
+    assert!(glob_match("", ""));
+    assert!(!glob_match("", "x"));
+}
+
+#[test]
+fn upload_urls_are_kept_without_their_origin() {
+    use crate::client::path_of;
+
+    assert_eq!(path_of("http://127.0.0.1:4000/files/ab12"), "/files/ab12");
+    assert_eq!(path_of("https://host/files/ab12?x=1"), "/files/ab12?x=1");
+    assert_eq!(path_of("http://host"), "http://host", "no path: kept as is");
+    assert_eq!(path_of("/files/ab12"), "/files/ab12");
+}

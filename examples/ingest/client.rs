@@ -17,7 +17,6 @@ use futures_util::StreamExt as _;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rand::rngs::SmallRng;
 use rand::{Rng as _, SeedableRng as _};
-use serde::{Deserialize, Serialize};
 use steadfast::backoff::{Backoff, ErrorClass, retry};
 use steadfast::batch::{Batch, CancelMode, CancellationToken, Outcome};
 use steadfast::chunk_upload::client::{
@@ -76,7 +75,7 @@ impl Default for ClientOptions {
 }
 
 /// The run's outcome, as printed at the end.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct DemoReport {
     /// Files found in the directory.
     pub(crate) files: u64,
@@ -736,7 +735,7 @@ fn rebase(upload: StoredUpload, rebase: impl Fn(&str) -> String) -> StoredUpload
 }
 
 /// The path (and query) of an absolute URL; other text unchanged.
-fn path_of(url: &str) -> String {
+pub(crate) fn path_of(url: &str) -> String {
     url.split_once("://")
         .and_then(|(_, rest)| rest.find('/').map(|slash| rest[slash..].to_owned()))
         .unwrap_or_else(|| url.to_owned())
