@@ -833,11 +833,25 @@ impl Sql {
              FROM due WHERE j.id = due.id \
              RETURNING {columns}"
         );
+        // Heartbeats and outcomes of one worker touch the same rows at the
+        // same time; both lock their rows in id order first, so they wait
+        // for each other instead of deadlocking. (Claims, rescues and pruning
+        // skip locked rows and never wait.)
+        let lock_in_order = |input: &str| {
+            format!(
+                "locked AS ( \
+                   SELECT j.id FROM {jobs} j JOIN {input} ON j.id = {input}.id \
+                   AND j.lease_number = {input}.lease WHERE j.state = 'running' \
+                   ORDER BY j.id FOR UPDATE OF j \
+                 )"
+            )
+        };
         let heartbeat = format!(
-            "UPDATE {jobs} j SET lease_expires_at = {NOW} + $2::int8 * interval '1 millisecond' \
-             FROM UNNEST($3::int8[], $4::int8[]) AS l(id, lease) \
-             WHERE j.id = l.id AND j.lease_number = l.lease AND j.state = 'running' \
-             RETURNING j.id, j.lease_number"
+            "WITH l AS (SELECT * FROM UNNEST($3::int8[], $4::int8[]) AS l(id, lease)), {locked} \
+             UPDATE {jobs} j SET lease_expires_at = {NOW} + $2::int8 * interval '1 millisecond' \
+             FROM locked WHERE j.id = locked.id AND j.state = 'running' \
+             RETURNING j.id, j.lease_number",
+            locked = lock_in_order("l"),
         );
         // One statement for a whole batch of outcomes. `c.charge` only
         // matters for a release: whether the interrupted attempt counts.
@@ -853,7 +867,11 @@ impl Sql {
              END)"
         );
         let finish = format!(
-            "UPDATE {jobs} j SET \
+            "WITH c AS ( \
+               SELECT * FROM UNNEST($2::int8[], $3::int8[], $4::text[], $5::int8[], $6::text[], \
+                 $7::text[], $8::bool[]) AS c(id, lease, action, delay_ms, kind, message, charge) \
+             ), {locked} \
+             UPDATE {jobs} j SET \
                state = {next_state}, \
                attempt = {next_attempt}, \
                finalized_at = CASE WHEN {next_state} IN ('completed', 'dead') THEN {NOW} ELSE NULL END, \
@@ -864,11 +882,12 @@ impl Sql {
                errors = CASE WHEN c.action IN ('retry', 'dead', 'release') \
                  THEN j.errors || {entry} ELSE j.errors END, \
                lease_expires_at = NULL \
-             FROM UNNEST($2::int8[], $3::int8[], $4::text[], $5::int8[], $6::text[], $7::text[], $8::bool[]) \
-               AS c(id, lease, action, delay_ms, kind, message, charge) \
-             WHERE j.id = c.id AND j.lease_number = c.lease AND j.state = 'running' \
+             FROM c, locked \
+             WHERE j.id = c.id AND j.id = locked.id AND j.lease_number = c.lease \
+               AND j.state = 'running' \
              RETURNING j.id, j.lease_number, j.state, j.queue",
             entry = error_entry("c.kind", "c.message"),
+            locked = lock_in_order("c"),
         );
         let rescue = format!(
             "WITH expired AS ( \
