@@ -192,9 +192,15 @@ fn absolute(path: &Path) -> PathBuf {
     }
 }
 
+/// The root of the checkout `cargo xtask` runs in. Cargo sets `CARGO_MANIFEST_DIR` for the
+/// program it runs; the value compiled in is only a fallback, since clones sharing one
+/// target directory share one xtask binary.
 fn workspace_root() -> PathBuf {
-    let xtask = Path::new(env!("CARGO_MANIFEST_DIR"));
-    xtask.parent().unwrap_or(xtask).to_path_buf()
+    let xtask = env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
+    xtask
+        .parent()
+        .map_or_else(|| xtask.clone(), Path::to_path_buf)
 }
 
 fn cargo() -> Command {
