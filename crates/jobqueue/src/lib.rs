@@ -74,6 +74,8 @@
 //!
 //! - `sqlite` (default): `SqliteStore`, a queue in a SQLite file (WAL mode).
 //! - `cli`: the `steadfast-queue` admin command line.
+//! - `postgres`: `PostgresStore`, one queue shared by many processes and
+//!   machines, and durable periodic jobs ([`periodic`]).
 //!
 //! [`CancellationToken`]: tokio_util::sync::CancellationToken
 

@@ -136,8 +136,8 @@ fn append(path: &PathBuf, line: &str) {
         .open(path)
         .and_then(|mut file| {
             // One write per line: with O_APPEND it cannot interleave with the
-        // lines of another worker process.
-        file.write_all(format!("{line}\n").as_bytes())?;
+            // lines of another worker process.
+            file.write_all(format!("{line}\n").as_bytes())?;
             file.sync_all()
         });
     if let Err(e) = written {
