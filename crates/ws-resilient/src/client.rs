@@ -36,6 +36,8 @@ pub struct Builder {
     config: Config,
     hook: Option<HookFn>,
     cancel: Option<CancellationToken>,
+    #[cfg(feature = "rustls")]
+    tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl std::fmt::Debug for Builder {
@@ -59,6 +61,8 @@ impl Builder {
             config: Config::default(),
             hook: None,
             cancel: None,
+            #[cfg(feature = "rustls")]
+            tls: None,
         }
     }
 
@@ -98,6 +102,14 @@ impl Builder {
         self
     }
 
+    /// Uses this rustls configuration for `wss://` (private roots, client certificates)
+    /// instead of the webpki roots.
+    #[cfg(feature = "rustls")]
+    pub fn tls(mut self, config: Arc<rustls::ClientConfig>) -> Self {
+        self.tls = Some(config);
+        self
+    }
+
     /// Checks the settings and starts the client's task, which connects at once.
     ///
     /// # Errors
@@ -131,6 +143,8 @@ impl Builder {
             stop,
             handles_gone: AtomicBool::new(false),
             config: self.config,
+            #[cfg(feature = "rustls")]
+            tls: self.tls,
         });
 
         runtime.spawn(task::run(
@@ -211,6 +225,9 @@ pub(crate) struct Shared {
     /// Set before `stop` is cancelled because the last `Client` went.
     pub(crate) handles_gone: AtomicBool,
     pub(crate) config: Config,
+    /// A custom TLS configuration; `None` uses the webpki roots.
+    #[cfg(feature = "rustls")]
+    pub(crate) tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl Shared {
@@ -393,6 +410,10 @@ impl Client {
 /// (backpressure) and suspends the liveness check until the application catches up.
 #[derive(Debug)]
 pub struct Incoming {
+    #[cfg_attr(
+        not(feature = "json"),
+        expect(dead_code, reason = "the json layer reports parse failures through it")
+    )]
     pub(crate) shared: Arc<Shared>,
     receiver: mpsc::Receiver<Message>,
 }

@@ -90,6 +90,9 @@ pub use error::{BoxError, BuildError, CloseReason, Error, SendError};
 pub use json::{JsonIncoming, JsonSendError};
 pub use message::{Message, Utf8Bytes};
 pub use outbox::Sent;
+/// The rustls version this crate uses, for [`Builder::tls`].
+#[cfg(feature = "rustls")]
+pub use rustls;
 pub use state::{DiscardReason, Event, Events, Metrics, State};
 pub use steadfast_backoff::{Backoff, Jitter};
 pub use tokio_tungstenite::tungstenite::client::IntoClientRequest;

@@ -121,7 +121,7 @@ impl Supervisor {
             let connected = tokio::select! {
                 biased;
                 () = stop.cancelled() => return self.shared.stop_reason(),
-                connected = connect(&self.request, &self.shared.config, ws_config) => connected,
+                connected = connect(&self.request, &self.shared, ws_config) => connected,
             };
 
             let ended = match connected {
@@ -332,18 +332,26 @@ fn ws_config(config: &Config) -> WebSocketConfig {
 /// One attempt: a fresh request, TCP, TLS and the upgrade, all within the connect timeout.
 async fn connect(
     request: &RequestFn,
-    config: &Config,
+    shared: &Shared,
     ws_config: WebSocketConfig,
 ) -> Result<Socket, Error> {
     let request = request().map_err(|error| Error::Request(Arc::new(error)))?;
-    let timeout = config.connect_timeout;
-    match tokio::time::timeout(timeout, handshake(request, ws_config)).await {
+    let timeout = shared.config.connect_timeout;
+    match tokio::time::timeout(timeout, handshake(request, shared, ws_config)).await {
         Ok(connected) => connected,
         Err(_) => Err(Error::ConnectTimeout(timeout)),
     }
 }
 
-async fn handshake(request: Request, ws_config: WebSocketConfig) -> Result<Socket, Error> {
+async fn handshake(
+    request: Request,
+    #[cfg_attr(
+        not(feature = "rustls"),
+        expect(unused_variables, reason = "used for TLS only")
+    )]
+    shared: &Shared,
+    ws_config: WebSocketConfig,
+) -> Result<Socket, Error> {
     let uri = request.uri();
     let secure = uri.scheme_str() == Some("wss");
     let host = uri
@@ -366,8 +374,13 @@ async fn handshake(request: Request, ws_config: WebSocketConfig) -> Result<Socke
 
     // Not yet: the rustls path has no loopback test; that needs a test certificate and CA.
     #[cfg(feature = "rustls")]
-    let upgraded =
-        tokio_tungstenite::client_async_tls_with_config(request, tcp, Some(ws_config), None).await;
+    let upgraded = tokio_tungstenite::client_async_tls_with_config(
+        request,
+        tcp,
+        Some(ws_config),
+        shared.tls.clone().map(tokio_tungstenite::Connector::Rustls),
+    )
+    .await;
     #[cfg(not(feature = "rustls"))]
     let upgraded = tokio_tungstenite::client_async_with_config(
         request,
