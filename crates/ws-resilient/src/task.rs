@@ -372,7 +372,6 @@ async fn handshake(
     // Small messages must not wait for Nagle's algorithm.
     let _ = tcp.set_nodelay(true);
 
-    // Not yet: the rustls path has no loopback test; that needs a test certificate and CA.
     #[cfg(feature = "rustls")]
     let upgraded = tokio_tungstenite::client_async_tls_with_config(
         request,
