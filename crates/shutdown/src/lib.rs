@@ -72,3 +72,8 @@ pub use readiness::Readiness;
 pub use report::{End, Kind, Outcome, Phase, Record, Report, Signal, Trigger};
 pub use task::{BoxError, TaskOutput};
 pub use tokio_util::sync::CancellationToken;
+
+/// The README's example, compiled as a doctest so that it stays true.
+#[cfg(all(doctest, feature = "axum"))]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
