@@ -191,6 +191,10 @@ fn vm_hwm_kb() -> Option<u64> {
 struct Generated {
     remaining: u64,
     state: u64,
+    /// The current eight-byte word and how much of it was handed out, so that the stream
+    /// is the same whatever sizes the reader asks for.
+    word: [u8; 8],
+    used: usize,
 }
 
 impl Generated {
@@ -198,6 +202,8 @@ impl Generated {
         Self {
             remaining: length,
             state: seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1,
+            word: [0; 8],
+            used: 8,
         }
     }
 }
@@ -211,12 +217,17 @@ impl AsyncRead for Generated {
         let room = (buf.remaining() as u64).min(self.remaining) as usize;
         let mut written = 0;
         while written < room {
-            self.state ^= self.state << 13;
-            self.state ^= self.state >> 7;
-            self.state ^= self.state << 17;
-            let bytes = self.state.to_le_bytes();
-            let take = bytes.len().min(room - written);
-            buf.put_slice(&bytes[..take]);
+            if self.used == 8 {
+                self.state ^= self.state << 13;
+                self.state ^= self.state >> 7;
+                self.state ^= self.state << 17;
+                self.word = self.state.to_le_bytes();
+                self.used = 0;
+            }
+            let take = (8 - self.used).min(room - written);
+            let from = self.used;
+            buf.put_slice(&self.word[from..from + take]);
+            self.used += take;
             written += take;
         }
         self.remaining -= written as u64;
