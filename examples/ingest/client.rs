@@ -170,6 +170,9 @@ impl DemoReport {
         for (name, reason) in &self.problems {
             lines.push(format!("  {name}: {reason}"));
         }
+        if self.interrupted {
+            lines.push("interrupted: a rerun with the same state directory resumes".to_owned());
+        }
         lines
     }
 }
