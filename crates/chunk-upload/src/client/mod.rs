@@ -691,6 +691,8 @@ struct Transfer {
     offset: u64,
     /// Shared counter of confirmed bytes across parts.
     acked: Arc<AtomicU64>,
+    /// Whether this is one partial upload of a parallel transfer.
+    partial: bool,
 }
 
 enum Outcome {
@@ -828,6 +830,7 @@ impl<U: UrlStore> Ctx<U> {
             length,
             offset,
             acked,
+            partial: false,
         };
         if length == Some(0) {
             return Ok(transfer.url.to_string());
@@ -1000,7 +1003,8 @@ impl<U: UrlStore> Ctx<U> {
         metadata: &Metadata,
         error: UploadError,
     ) -> Result<(), UploadError> {
-        if !self.shared.config.restart_if_gone || transfer.base != 0 {
+        // Not yet: restarting one lost part of a parallel upload; the whole upload fails.
+        if !self.shared.config.restart_if_gone || transfer.partial {
             return Err(error);
         }
         source.rewind_check(0)?;
@@ -1163,6 +1167,7 @@ impl<U: UrlStore> Ctx<U> {
                     length: Some(end - start),
                     offset: *offset,
                     acked: acked.clone(),
+                    partial: true,
                 };
                 let mut source = Source::File(file.clone());
                 async move { self.drive(&mut transfer, &mut source, metadata).await }
