@@ -557,7 +557,7 @@ async fn read(
             }
         };
 
-        let frame = tokio::select! {
+        let mut frame = tokio::select! {
             biased;
             frame = stream.next() => frame,
             () = expired => return Error::PongTimeout(config.pong_timeout),
@@ -575,45 +575,60 @@ async fn read(
             }
         };
 
-        // Any frame at all proves the peer is alive.
-        deadline = None;
-        match frame {
-            Some(Ok(tungstenite::Message::Text(text))) => {
-                deliver(Message::Text(text), incoming, shared).await;
-            }
-            Some(Ok(tungstenite::Message::Binary(data))) => {
-                deliver(Message::Binary(data), incoming, shared).await;
-            }
-            Some(Ok(tungstenite::Message::Pong(payload))) => {
-                if let Some((expected, sent_at)) = ping
-                    && payload.as_ref() == expected.to_be_bytes()
-                {
-                    let rtt = sent_at.elapsed();
-                    trace!(?rtt, "pong");
-                    shared.set_rtt(rtt);
-                    ping = None;
+        // Handle the frames that are ready now (up to a batch) before going back to the
+        // timers, the writer and the stop signal.
+        let mut handled = 0;
+        loop {
+            handled += 1;
+            // Any frame at all proves the peer is alive.
+            deadline = None;
+            match frame {
+                Some(Ok(tungstenite::Message::Text(text))) => {
+                    deliver(Message::Text(text), incoming, shared).await;
+                }
+                Some(Ok(tungstenite::Message::Binary(data))) => {
+                    deliver(Message::Binary(data), incoming, shared).await;
+                }
+                Some(Ok(tungstenite::Message::Pong(payload))) => {
+                    if let Some((expected, sent_at)) = ping
+                        && payload.as_ref() == expected.to_be_bytes()
+                    {
+                        let rtt = sent_at.elapsed();
+                        trace!(?rtt, "pong");
+                        shared.set_rtt(rtt);
+                        ping = None;
+                    }
+                }
+                Some(Ok(tungstenite::Message::Close(frame))) => {
+                    // tungstenite answers the close itself; keep reading until the stream ends.
+                    *close_code = Some(match frame {
+                        Some(frame) => (u16::from(frame.code), frame.reason.to_string()),
+                        None => (1005, String::new()),
+                    });
+                }
+                Some(Ok(_)) => {}
+                Some(Err(error)) => {
+                    return match close_code.take() {
+                        Some((code, reason)) => Error::Closed { code, reason },
+                        None if matches!(error, tungstenite::Error::ConnectionClosed) => {
+                            Error::Dropped
+                        }
+                        None => Error::WebSocket(Arc::new(error)),
+                    };
+                }
+                None => {
+                    return match close_code.take() {
+                        Some((code, reason)) => Error::Closed { code, reason },
+                        None => Error::Dropped,
+                    };
                 }
             }
-            Some(Ok(tungstenite::Message::Close(frame))) => {
-                // tungstenite answers the close itself; keep reading until the stream ends.
-                *close_code = Some(match frame {
-                    Some(frame) => (u16::from(frame.code), frame.reason.to_string()),
-                    None => (1005, String::new()),
-                });
+            if handled == MAX_BATCH {
+                break;
             }
-            Some(Ok(_)) => {}
-            Some(Err(error)) => {
-                return match close_code.take() {
-                    Some((code, reason)) => Error::Closed { code, reason },
-                    None if matches!(error, tungstenite::Error::ConnectionClosed) => Error::Dropped,
-                    None => Error::WebSocket(Arc::new(error)),
-                };
-            }
-            None => {
-                return match close_code.take() {
-                    Some((code, reason)) => Error::Closed { code, reason },
-                    None => Error::Dropped,
-                };
+            match futures_util::FutureExt::now_or_never(stream.next()) {
+                Some(next) => frame = next,
+                None => break,
             }
         }
     }
