@@ -440,7 +440,8 @@ impl<S: Store> Worker<S> {
                 charge_attempt: false,
                 message,
             };
-            let _ = finish_tx.send(Report::new(&claimed.job, finish, None));
+            let report = Report::new(&claimed.job, finish, None, claimed.permit);
+            let _ = finish_tx.send(report);
         }
 
         let drained = timeout(ctx.config.drain_timeout, join_all(&mut runners)).await;
@@ -507,15 +508,25 @@ struct Claimed {
 }
 
 /// An attempt's outcome on its way to the store.
+///
+/// It carries the job's concurrency slot: the slot frees only once the
+/// outcome is written, so running plus unwritten jobs never exceed the
+/// queue's concurrency, however slow the store's writes are.
 struct Report {
     lease: LeaseRef,
     attempt: u32,
     finish: Finish,
     lost_reported: Option<Arc<AtomicBool>>,
+    _slot: OwnedSemaphorePermit,
 }
 
 impl Report {
-    fn new(job: &JobRecord, finish: Finish, lost_reported: Option<Arc<AtomicBool>>) -> Self {
+    fn new(
+        job: &JobRecord,
+        finish: Finish,
+        lost_reported: Option<Arc<AtomicBool>>,
+        slot: OwnedSemaphorePermit,
+    ) -> Self {
         let lease = LeaseRef {
             id: job.id,
             lease: job.lease_number,
@@ -525,6 +536,7 @@ impl Report {
             attempt: job.attempt,
             finish,
             lost_reported,
+            _slot: slot,
         }
     }
 }
@@ -970,8 +982,7 @@ async fn run_attempt<S: Store>(
             }
         };
         // The completer is alive as long as any runner is.
-        let _ = reports.send(Report::new(&job, finish, Some(lost_reported)));
-        drop(permit);
+        let _ = reports.send(Report::new(&job, finish, Some(lost_reported), permit));
     }
     .instrument(span)
     .await;

@@ -526,3 +526,37 @@ async fn invalid_jobs_are_refused_with_the_rule() {
     assert!(err.to_string().contains("queue name"), "{err}");
     assert!(queue.list(&ListFilter::default()).await.unwrap().is_empty());
 }
+
+async fn slow_outcome_writes_hold_back_new_claims<S: Store>(store: Arc<S>) {
+    let hooked = Arc::new(common::Hooked::new(Arc::clone(&store)));
+    hooked.delay_finishes(ms(1000));
+    let queue = Queue::new(Arc::clone(&hooked));
+    queue
+        .enqueue_many((0..20).map(|n| NewJob::new(&Task { n }).unwrap()).collect())
+        .await
+        .unwrap();
+    let handler = |_job: Task, _cx: JobContext| async { Ok::<_, JobError>(()) };
+    let stop = CancellationToken::new();
+    let worker = queue
+        .worker()
+        .queue("default", 4)
+        .handle(handler)
+        .build()
+        .unwrap();
+    let running = tokio::spawn(worker.run(stop.clone()));
+
+    sleep(ms(500)).await;
+    let counters = queue.counters();
+    assert_eq!(
+        counters.started, 4,
+        "no new claim while outcomes are unwritten"
+    );
+    assert_eq!(queue.stats().await.unwrap().count(JobState::Running), 4);
+    wait_until(ms(30_000), "all jobs", || async {
+        queue.counters().completed == 20
+    })
+    .await;
+    stop.cancel();
+    running.await.unwrap();
+}
+on_both_stores!(local slow_outcome_writes_hold_back_new_claims);

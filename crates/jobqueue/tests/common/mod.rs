@@ -90,6 +90,7 @@ macro_rules! on_both_stores {
 pub struct Hooked<S> {
     inner: Arc<S>,
     stall_heartbeats_until: Mutex<Option<Instant>>,
+    finish_delay: Mutex<Duration>,
     claims: AtomicU64,
 }
 
@@ -98,6 +99,7 @@ impl<S: Store> Hooked<S> {
         Self {
             inner,
             stall_heartbeats_until: Mutex::new(None),
+            finish_delay: Mutex::new(Duration::ZERO),
             claims: AtomicU64::new(0),
         }
     }
@@ -105,6 +107,11 @@ impl<S: Store> Hooked<S> {
     /// Makes every heartbeat call made before `until` wait until then.
     pub fn stall_heartbeats_until(&self, until: Instant) {
         *self.stall_heartbeats_until.lock().unwrap() = Some(until);
+    }
+
+    /// Makes every outcome write take `delay` (a slow store).
+    pub fn delay_finishes(&self, delay: Duration) {
+        *self.finish_delay.lock().unwrap() = delay;
     }
 
     /// How many claim calls went through this wrapper.
@@ -145,11 +152,10 @@ impl<S: Store> Store for Hooked<S> {
         self.inner.heartbeat(leases, extend).await
     }
 
-    fn finish(
-        &self,
-        completions: Vec<Completion>,
-    ) -> impl Future<Output = Result<Vec<FinishResult>, StoreError>> + Send {
-        self.inner.finish(completions)
+    async fn finish(&self, completions: Vec<Completion>) -> Result<Vec<FinishResult>, StoreError> {
+        let delay = *self.finish_delay.lock().unwrap();
+        tokio::time::sleep(delay).await;
+        self.inner.finish(completions).await
     }
 
     fn rescue_expired(
