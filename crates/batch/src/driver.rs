@@ -489,7 +489,12 @@ where
     }
 
     async fn end(mut self) -> DriverOutput<S> {
-        self.tasks.shutdown().await;
+        // Only a consumer that went away leaves items running here; they end aborted and
+        // are recorded as cancelled, so the final progress still adds up.
+        self.tasks.abort_all();
+        while let Some(joined) = self.tasks.join_next_with_id().await {
+            self.on_joined(joined);
+        }
 
         let elapsed = self.started_at.elapsed();
         self.report.finish(self.input_exhausted, elapsed);

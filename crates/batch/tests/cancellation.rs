@@ -225,3 +225,31 @@ async fn cancellation_while_waiting_for_a_slow_input_stream_ends_the_run() {
     assert_eq!(finished.report().total(), 0);
     assert!(finished.into_remaining().is_some());
 }
+
+#[tokio::test(start_paused = true)]
+async fn dropping_the_run_mid_way_still_accounts_for_every_started_item_in_progress() {
+    let batch = Batch::builder()
+        .concurrency(NonZeroUsize::new(4).expect("four"))
+        .build()
+        .expect("valid settings");
+    let mut run = batch.run(0..100u32, |index| async move {
+        sleep(Duration::from_millis(10)).await;
+        Ok::<_, Infallible>(index)
+    });
+    let progress = run.progress();
+
+    for _ in 0..10 {
+        run.next().await.expect("a result");
+    }
+    drop(run);
+    let mut watch = progress.clone().into_receiver();
+    watch
+        .wait_for(|snapshot| snapshot.done)
+        .await
+        .expect("the run publishes its end");
+
+    let last = progress.snapshot();
+    assert_eq!(last.in_flight, 0);
+    assert!(last.counts.cancelled > 0, "{last:?}");
+    assert_eq!(last.ended(), last.started, "{last:?}");
+}
