@@ -58,6 +58,15 @@ impl<S: Stream> Chunks<S> {
     pub fn get_ref(&self) -> &S {
         &self.stream
     }
+
+    /// The inner stream back, for example the [`BatchRun`](crate::BatchRun) whose
+    /// [`finish`](crate::BatchRun::finish) gives the report once every chunk was read.
+    ///
+    /// Items held in a partial chunk not handed out yet are dropped; after the chunk
+    /// stream has ended there are none.
+    pub fn into_inner(self) -> S {
+        self.stream
+    }
 }
 
 impl<S: Stream> Stream for Chunks<S> {

@@ -223,6 +223,33 @@ async fn results_group_into_chunks_for_bulk_writes() {
     assert!(chunks.iter().all(|chunk| chunk.len() == 100));
 }
 
+#[tokio::test(start_paused = true)]
+async fn chunking_a_run_keeps_its_report_reachable() {
+    let batch = Batch::builder()
+        .concurrency(nz(4))
+        .build()
+        .expect("valid settings");
+    let run = batch.run(0..250u32, |index| async move {
+        if index == 7 { Err("bad") } else { Ok(index) }
+    });
+
+    let mut chunks = run.chunks_by(nz(100), Duration::from_millis(50));
+    let mut sizes = Vec::new();
+    while let Some(chunk) = chunks.next().await {
+        sizes.push(chunk.len());
+    }
+    let report = chunks
+        .into_inner()
+        .finish()
+        .await
+        .expect("the run ends normally")
+        .into_report();
+
+    assert_eq!(sizes, vec![100, 100, 50]);
+    assert_eq!(report.total(), 250);
+    assert_eq!(report.outcome_of(7), Some(OutcomeKind::Failed));
+}
+
 #[test]
 fn bad_settings_fail_at_build_with_the_rule_named() {
     let error = Batch::builder()
