@@ -28,14 +28,15 @@
 //!    drains, then stages stop in reverse order (the job worker, the event feed) and hooks
 //!    run (closing the job store). Every long-running part of the other crates stops on a
 //!    `CancellationToken`, so one shutdown reaches all of them.
-//! 3. **Uploads that resume.** `chunk_upload::server::TusServer` is an axum router; its
-//!    `on_complete` hook fires once per finished file. `chunk_upload::client::Uploader`
+//! 3. **Uploads that resume.** [`chunk_upload::server::TusServer`] is an axum router; its
+//!    `on_complete` hook fires once per finished file. [`chunk_upload::client::Uploader`]
 //!    resumes from the server's offset after any failure, and across runs through its URL
 //!    store.
 //! 4. **Work that is not lost.** The completion hook enqueues a job on a
 //!    [`jobqueue::Queue`]; a worker runs it under a lease, retries transient errors on the
-//!    backoff schedule and parks permanent ones as dead letters. The queue lives in SQLite
-//!    or PostgreSQL, so a restart picks up where it stopped.
+//!    backoff schedule and parks permanent ones as dead letters. The queue lives in
+//!    SQLite ([`jobqueue::SqliteStore`]) or, with the `postgres` feature, PostgreSQL, so a
+//!    restart picks up where it stopped.
 //! 5. **Progress that reconnects.** [`ws_resilient::Client`] follows the server's event
 //!    feed, reconnecting with backoff when the server restarts, and buffers what it sends
 //!    meanwhile.
