@@ -66,12 +66,19 @@
 //! holds at most `concurrency` running items plus about `buffer + concurrency` results,
 //! however long its input.
 //!
+//! The input is pulled on the driver task, so an iterator whose `next` blocks the thread
+//! stalls the run, cancellation included, until it returns; feed a blocking source
+//! through a channel from `tokio::task::spawn_blocking` and run over the receiver as a
+//! stream. For the same reason, cancellation cannot abort an item that blocks its thread
+//! rather than awaiting.
+//!
 //! # Accounting
 //!
 //! Every item pulled gets exactly one [`Outcome`], and the [`Report`] that
 //! [`BatchRun::finish`] returns lists every pulled index once, with [`Counts`] that add
 //! up. Items never pulled stay in the input, which [`Finished::into_remaining`] hands
-//! back for a later run; [`Finished::into_full_report`] instead pulls them and records
+//! back for a later run (whose indices start from 0 again: add the first report's
+//! [`total`](Report::total) to map them back); [`Finished::into_full_report`] instead pulls them and records
 //! them as [`OutcomeKind::NotStarted`], for a report over the whole input.
 //!
 //! # Stopping early
@@ -132,7 +139,8 @@
 //! Results come in completion order by default; [`Order::Input`] returns them in input
 //! order with a bounded reorder window. [`BatchRun::progress`] gives [`Progress`]
 //! snapshots (throughput, ETA) to poll or watch, and [`ChunksExt::chunks_by`] groups
-//! results into chunks by size or time for bulk writes. The driver emits `tracing` events
+//! results into chunks by size or time for bulk writes; [`Chunks::into_inner`] gives the
+//! run back for [`finish`](BatchRun::finish) once the chunks are read. The driver emits `tracing` events
 //! (a `batch_run` span, `debug` for state changes, `trace` per item).
 
 mod batch;
