@@ -5,6 +5,7 @@
 
 mod bench;
 mod demo;
+mod package;
 mod test;
 
 use std::env;
@@ -17,7 +18,8 @@ commands:
   test            fmt, clippy, docs, every test of the workspace, service-backed runs
   bench [MEMBER]  release-mode benchmarks; MEMBER is one of: backoff, shutdown, batch,
                   jobqueue, ws, upload (all when omitted)
-  demo [DIR]      the end-to-end ingest demo (`cargo xtask demo --help` for options)";
+  demo [DIR]      the end-to-end ingest demo (`cargo xtask demo --help` for options)
+  package         the .crate file of every publishable member (extra args go to cargo)";
 
 fn main() -> ExitCode {
     let args: Vec<String> = env::args().skip(1).collect();
@@ -30,6 +32,7 @@ fn main() -> ExitCode {
         "test" => test::run(rest),
         "bench" => bench::run(rest),
         "demo" => demo::run(rest),
+        "package" => package::run(rest),
         "help" | "--help" | "-h" => {
             println!("{USAGE}");
             Ok(())
