@@ -7,6 +7,7 @@
     reason = "shared by several test binaries, each using a different subset"
 )]
 
+pub mod property;
 pub mod scenarios;
 
 use std::future::Future;
