@@ -41,7 +41,7 @@ pub trait ChunksExt: Stream + Sized {
     fn chunks_by(self, max_items: NonZeroUsize, max_wait: Duration) -> Chunks<Self> {
         Chunks {
             stream: self,
-            buffer: Vec::with_capacity(max_items.get()),
+            buffer: Vec::with_capacity(first_capacity(max_items.get())),
             max_items: max_items.get(),
             max_wait,
             timer: None,
@@ -116,9 +116,18 @@ impl<S: Stream> Stream for Chunks<S> {
 }
 
 /// Takes the buffered chunk and leaves an empty buffer with room for the next one.
-fn take<T>(buffer: &mut Vec<T>, capacity: usize) -> Vec<T> {
-    std::mem::replace(buffer, Vec::with_capacity(capacity))
+fn take<T>(buffer: &mut Vec<T>, max_items: usize) -> Vec<T> {
+    std::mem::replace(buffer, Vec::with_capacity(first_capacity(max_items)))
 }
+
+/// Room reserved up front for a chunk: its full size, up to a bound, so that a huge
+/// `max_items` (meaning "flush by time only") does not reserve memory it never uses.
+fn first_capacity(max_items: usize) -> usize {
+    max_items.min(MAX_PREALLOCATED)
+}
+
+/// Most items a chunk reserves room for before they arrive.
+const MAX_PREALLOCATED: usize = 4096;
 
 #[cfg(test)]
 mod tests {
@@ -136,6 +145,16 @@ mod tests {
             .await;
 
         assert_eq!(chunks, vec![vec![0, 1, 2], vec![3, 4, 5], vec![6]]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_huge_chunk_size_does_not_reserve_room_for_it() {
+        let chunks: Vec<Vec<u32>> = stream::iter(0..3)
+            .chunks_by(NonZeroUsize::MAX, Duration::from_secs(1))
+            .collect()
+            .await;
+
+        assert_eq!(chunks, vec![vec![0, 1, 2]]);
     }
 
     #[tokio::test(start_paused = true)]

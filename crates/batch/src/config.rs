@@ -106,10 +106,16 @@ pub enum BuildError {
     /// The per-item timeout is zero, so no item could ever finish.
     #[error("per-item timeout must be above zero")]
     ZeroTimeout,
+    /// The results buffer is larger than a Tokio channel can hold.
+    #[error("results buffer must hold at most {max} items, got {0}", max = MAX_BUFFER)]
+    Buffer(usize),
     /// The retry policy breaks one of its rules.
     #[error("the retry policy is invalid")]
     Retry(#[source] steadfast_backoff::BuildError),
 }
+
+/// Largest results buffer: the most permits a Tokio channel can hand out.
+const MAX_BUFFER: usize = tokio::sync::Semaphore::MAX_PERMITS;
 
 impl Default for BatchConfig {
     fn default() -> Self {
@@ -143,6 +149,9 @@ impl BatchConfig {
     ///
     /// A [`BuildError`] naming the first setting that breaks its rule.
     pub fn validate(&self) -> Result<(), BuildError> {
+        if self.buffer.get() > MAX_BUFFER {
+            return Err(BuildError::Buffer(self.buffer.get()));
+        }
         if let Some(rate) = self.rate_limit {
             if !rate.is_finite() || rate <= 0.0 {
                 return Err(BuildError::RateLimit(rate));

@@ -254,7 +254,9 @@ where
     fn can_start(&self) -> bool {
         let window_open = match self.config.order {
             Order::Completion => true,
-            Order::Input { window } => self.next_index < self.next_emit + window.get() as u64,
+            Order::Input { window } => {
+                self.next_index < self.next_emit.saturating_add(window.get() as u64)
+            }
         };
         !self.stopped
             && !self.input_exhausted

@@ -251,6 +251,38 @@ async fn chunking_a_run_keeps_its_report_reachable() {
 }
 
 #[test]
+fn a_results_buffer_too_large_for_a_channel_fails_at_build() {
+    let error = Batch::builder()
+        .buffer(NonZeroUsize::MAX)
+        .build()
+        .expect_err("no channel holds that many results");
+
+    assert_eq!(error, BuildError::Buffer(usize::MAX));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_huge_reorder_window_does_not_overflow() {
+    let batch = Batch::builder()
+        .concurrency(nz(3))
+        .order(Order::Input {
+            window: NonZeroUsize::MAX,
+        })
+        .build()
+        .expect("valid settings");
+    let run = batch.run(0..20u64, |index| async move {
+        sleep(Duration::from_millis(20 - index)).await;
+        Ok::<_, Infallible>(index)
+    });
+
+    let (results, finished) = run.collect_all().await;
+
+    let indices: Vec<u64> = results.iter().map(|result| result.index).collect();
+    assert_eq!(indices, (0..20).collect::<Vec<_>>());
+    let report = finished.expect("the run ends normally").into_report();
+    assert_eq!(report.counts().succeeded, 20);
+}
+
+#[test]
 fn bad_settings_fail_at_build_with_the_rule_named() {
     let error = Batch::builder()
         .rate_limit(-1.0)
