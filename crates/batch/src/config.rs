@@ -46,7 +46,9 @@ pub enum Order {
     Completion,
     /// In input order. At most `window` items, counted from the oldest one not yet handed
     /// out, are started or held, so one slow item pauses new starts once the window is
-    /// full rather than letting held results pile up.
+    /// full rather than letting held results pile up. A window smaller than
+    /// [`concurrency`](BatchConfig::concurrency) therefore caps the items in flight at
+    /// `window`.
     Input {
         /// Size of the reorder window.
         window: NonZeroUsize,
