@@ -459,3 +459,14 @@ impl<S: Store> Store for std::sync::Arc<S> {
         (**self).wakeups(queue)
     }
 }
+
+/// Reads a state column, naming the job whose stored state no longer parses.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub(crate) fn parse_state(id: JobId, text: &str) -> Result<JobState, StoreError> {
+    text.parse()
+        .map_err(|e: crate::job::UnknownState| StoreError::Corrupt {
+            id,
+            field: "state",
+            source: e.into(),
+        })
+}

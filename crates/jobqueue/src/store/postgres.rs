@@ -75,7 +75,7 @@ use crate::error::{LeaseLost, StoreError};
 use crate::job::{ErrorEntry, FailureKind, JobId, JobRecord, JobState, Lease, NewJob};
 use crate::store::{
     Cancel, ClaimRequest, Completion, Enqueued, Finish, FinishResult, LeaseRef, ListFilter, Purge,
-    QueueStats, Redrive, Rescued, Store,
+    QueueStats, Redrive, Rescued, Store, parse_state,
 };
 
 /// Plain settings of a [`PostgresStore`].
@@ -1676,15 +1676,6 @@ fn fresh_rng() -> SmallRng {
 
 // ---------------------------------------------------------------------------
 // Rows
-
-fn parse_state(id: JobId, text: &str) -> Result<JobState, StoreError> {
-    text.parse()
-        .map_err(|e: crate::job::UnknownState| StoreError::Corrupt {
-            id,
-            field: "state",
-            source: e.into(),
-        })
-}
 
 fn read_record(row: &PgRow) -> Result<JobRecord, StoreError> {
     let id: i64 = row

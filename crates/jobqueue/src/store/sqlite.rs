@@ -26,7 +26,7 @@ use crate::error::{LeaseLost, StoreError};
 use crate::job::{ErrorEntry, FailureKind, JobId, JobRecord, JobState, Lease, NewJob};
 use crate::store::{
     Cancel, ClaimRequest, Completion, Enqueued, Finish, FinishResult, LeaseRef, ListFilter, Purge,
-    QueueStats, Redrive, Rescued, Store,
+    QueueStats, Redrive, Rescued, Store, parse_state,
 };
 
 /// A store in a SQLite database file.
@@ -303,14 +303,7 @@ fn read_record(row: &SqliteRow, now: Timestamp) -> Result<JobRecord, StoreError>
         |field: &'static str| row.try_get::<Option<i64>, _>(field).map_err(corrupt(field));
 
     let stored: String = row.try_get("state").map_err(corrupt("state"))?;
-    let stored: JobState =
-        stored
-            .parse()
-            .map_err(|e: crate::job::UnknownState| StoreError::Corrupt {
-                id: JobId::new(id),
-                field: "state",
-                source: e.into(),
-            })?;
+    let stored = parse_state(JobId::new(id), &stored)?;
     let run_at = Timestamp::from_millis(get_i64("run_at")?);
     let lease_number = get_i64("lease_number")?;
     let lease = match (
@@ -755,11 +748,7 @@ async fn finish(
                 id: lease.id,
                 lease: lease.lease,
             }),
-            Some(state) => Ok(state.parse::<JobState>().map_err(|e| StoreError::Corrupt {
-                id: lease.id,
-                field: "state",
-                source: e.into(),
-            })?),
+            Some(state) => Ok(parse_state(lease.id, &state)?),
         };
         out[index] = Some(result);
     }
@@ -800,11 +789,7 @@ async fn rescue(
     }
     rows.into_iter()
         .map(|(id, lease, worker, state)| {
-            let state = state.parse::<JobState>().map_err(|e| StoreError::Corrupt {
-                id: JobId::new(id),
-                field: "state",
-                source: e.into(),
-            })?;
+            let state = parse_state(JobId::new(id), &state)?;
             Ok(Rescued {
                 id: JobId::new(id),
                 lease,
@@ -838,14 +823,7 @@ async fn redrive(
             out.push(Redrive::NotFound);
             continue;
         };
-        let state: JobState =
-            state
-                .parse()
-                .map_err(|e: crate::job::UnknownState| StoreError::Corrupt {
-                    id,
-                    field: "state",
-                    source: e.into(),
-                })?;
+        let state = parse_state(id, &state)?;
         if state.is_active() {
             out.push(Redrive::AlreadyQueued);
             continue;
@@ -903,14 +881,7 @@ async fn cancel(
             out.push(Cancel::NotFound);
             continue;
         };
-        let state: JobState =
-            state
-                .parse()
-                .map_err(|e: crate::job::UnknownState| StoreError::Corrupt {
-                    id,
-                    field: "state",
-                    source: e.into(),
-                })?;
+        let state = parse_state(id, &state)?;
         if !state.is_waiting() {
             out.push(Cancel::NotCancellable(
                 state.effective(Timestamp::from_millis(run_at), now),
