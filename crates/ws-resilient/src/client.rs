@@ -144,7 +144,7 @@ impl Builder {
             handles_gone: AtomicBool::new(false),
             config: self.config,
             #[cfg(feature = "rustls")]
-            tls: self.tls,
+            tls: Some(self.tls.unwrap_or_else(default_tls)),
         });
 
         runtime.spawn(task::run(
@@ -458,4 +458,21 @@ impl HookSender {
             .send(message.into())
             .map_err(|error| SendError::Closed(error.0))
     }
+}
+
+/// The webpki roots over the ring provider, named explicitly rather than taken from the
+/// process default: a process whose dependencies enable more than one rustls provider has
+/// no default, and rustls would panic on the first `wss://` connect.
+#[cfg(feature = "rustls")]
+fn default_tls() -> Arc<rustls::ClientConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("the ring provider supports rustls' default protocol versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Arc::new(config)
 }

@@ -16,13 +16,21 @@ fn fixture(name: &str) -> String {
     format!("{}/tests/tls/{name}", env!("CARGO_MANIFEST_DIR"))
 }
 
+/// The provider named explicitly: with every feature of the workspace on, rustls has both
+/// ring and aws-lc-rs and so no process default.
+fn ring() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
 fn client_tls() -> Arc<ClientConfig> {
     let mut roots = RootCertStore::empty();
     roots
         .add(CertificateDer::from_pem_file(fixture("ca.pem")).unwrap())
         .unwrap();
     Arc::new(
-        ClientConfig::builder()
+        ClientConfig::builder_with_provider(ring())
+            .with_safe_default_protocol_versions()
+            .unwrap()
             .with_root_certificates(roots)
             .with_no_client_auth(),
     )
@@ -35,7 +43,9 @@ async fn tls_echo_server() -> String {
         .collect::<Result<Vec<_>, _>>()
         .unwrap();
     let key = PrivateKeyDer::from_pem_file(fixture("server.key")).unwrap();
-    let config: ServerConfig = rustls::ServerConfig::builder()
+    let config: ServerConfig = rustls::ServerConfig::builder_with_provider(ring())
+        .with_safe_default_protocol_versions()
+        .unwrap()
         .with_no_client_auth()
         .with_single_cert(certs, key)
         .unwrap();
