@@ -470,3 +470,23 @@ pub(crate) fn parse_state(id: JobId, text: &str) -> Result<JobState, StoreError>
             source: e.into(),
         })
 }
+
+/// Runs one database call, on tokio's blocking pool when `paused_time_safe` is set: a
+/// query in flight there keeps paused test time from jumping ahead of it.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub(crate) async fn run_database_call<T, F>(
+    paused_time_safe: bool,
+    work: F,
+) -> Result<T, StoreError>
+where
+    T: Send + 'static,
+    F: Future<Output = Result<T, StoreError>> + Send + 'static,
+{
+    if !paused_time_safe {
+        return work.await;
+    }
+    let handle = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || handle.block_on(work))
+        .await
+        .map_err(|e| StoreError::backend("a blocking database call", e))?
+}

@@ -75,7 +75,7 @@ use crate::error::{LeaseLost, StoreError};
 use crate::job::{ErrorEntry, FailureKind, JobId, JobRecord, JobState, Lease, NewJob};
 use crate::store::{
     Cancel, ClaimRequest, Completion, Enqueued, Finish, FinishResult, LeaseRef, ListFilter, Purge,
-    QueueStats, Redrive, Rescued, Store, parse_state,
+    QueueStats, Redrive, Rescued, Store, parse_state, run_database_call,
 };
 
 /// Plain settings of a [`PostgresStore`].
@@ -510,13 +510,7 @@ impl PostgresStore {
         T: Send + 'static,
         F: Future<Output = Result<T, StoreError>> + Send + 'static,
     {
-        if !self.inner.paused_time_safe {
-            return work.await;
-        }
-        let handle = tokio::runtime::Handle::current();
-        tokio::task::spawn_blocking(move || handle.block_on(work))
-            .await
-            .map_err(|e| StoreError::backend("a blocking database call", e))?
+        run_database_call(self.inner.paused_time_safe, work).await
     }
 }
 

@@ -26,7 +26,7 @@ use crate::error::{LeaseLost, StoreError};
 use crate::job::{ErrorEntry, FailureKind, JobId, JobRecord, JobState, Lease, NewJob};
 use crate::store::{
     Cancel, ClaimRequest, Completion, Enqueued, Finish, FinishResult, LeaseRef, ListFilter, Purge,
-    QueueStats, Redrive, Rescued, Store, parse_state,
+    QueueStats, Redrive, Rescued, Store, parse_state, run_database_call,
 };
 
 /// A store in a SQLite database file.
@@ -179,13 +179,7 @@ impl SqliteStore {
         T: Send + 'static,
         F: Future<Output = Result<T, StoreError>> + Send + 'static,
     {
-        if !self.paused_time_safe {
-            return work.await;
-        }
-        let handle = tokio::runtime::Handle::current();
-        tokio::task::spawn_blocking(move || handle.block_on(work))
-            .await
-            .map_err(|e| StoreError::backend("a blocking database call", e))?
+        run_database_call(self.paused_time_safe, work).await
     }
 }
 
