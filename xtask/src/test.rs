@@ -31,6 +31,13 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
         eprintln!("xtask test: {name:<12} {verdict:<6} ({seconds:.1} s)");
     }
 
+    if std::env::var_os("STEADFAST_TEST_POSTGRES_URL").is_none() {
+        eprintln!(
+            "xtask test: STEADFAST_TEST_POSTGRES_URL is not set: the PostgreSQL tests returned \
+             early and show as passed without having run (`.ci/run` sets it)"
+        );
+    }
+
     let failed: Vec<&str> = summary.iter().filter(|s| !s.1).map(|s| s.0).collect();
     if failed.is_empty() {
         Ok(())
