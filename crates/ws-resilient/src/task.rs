@@ -33,6 +33,10 @@ type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 /// several writes and control frames get their turn.
 const MAX_BATCH: usize = 256;
 
+/// Bytes of received data gathered before they are handed to the application, so a burst
+/// of large messages is not held back for long.
+const MAX_GATHERED_BYTES: usize = 256 << 10;
+
 /// Most batches fed per wake-up before a flush; tungstenite writes out on its own whenever
 /// its write buffer fills, so this only bounds how long a ping may wait behind data.
 const MAX_ROUNDS: usize = 16;
@@ -542,6 +546,7 @@ async fn read(
     let mut deadline: Option<Instant> = None;
     let mut ping: Option<(u64, Instant)> = None;
     let mut nonce = 0u64;
+    let mut gathered = Vec::with_capacity(MAX_BATCH);
 
     loop {
         let expired = async {
@@ -575,19 +580,22 @@ async fn read(
             }
         };
 
-        // Handle the frames that are ready now (up to a batch) before going back to the
-        // timers, the writer and the stop signal.
+        // Gather the frames that are ready now (up to a batch), then hand their data over
+        // in one burst: the application wakes once for the lot instead of once per message.
         let mut handled = 0;
-        loop {
+        let mut gathered_bytes = 0;
+        let ended = loop {
             handled += 1;
             // Any frame at all proves the peer is alive.
             deadline = None;
             match frame {
                 Some(Ok(tungstenite::Message::Text(text))) => {
-                    deliver(Message::Text(text), incoming, shared).await;
+                    gathered_bytes += text.len();
+                    gathered.push(Message::Text(text));
                 }
                 Some(Ok(tungstenite::Message::Binary(data))) => {
-                    deliver(Message::Binary(data), incoming, shared).await;
+                    gathered_bytes += data.len();
+                    gathered.push(Message::Binary(data));
                 }
                 Some(Ok(tungstenite::Message::Pong(payload))) => {
                     if let Some((expected, sent_at)) = ping
@@ -608,50 +616,60 @@ async fn read(
                 }
                 Some(Ok(_)) => {}
                 Some(Err(error)) => {
-                    return match close_code.take() {
+                    break Some(match close_code.take() {
                         Some((code, reason)) => Error::Closed { code, reason },
                         None if matches!(error, tungstenite::Error::ConnectionClosed) => {
                             Error::Dropped
                         }
                         None => Error::WebSocket(Arc::new(error)),
-                    };
+                    });
                 }
                 None => {
-                    return match close_code.take() {
+                    break Some(match close_code.take() {
                         Some((code, reason)) => Error::Closed { code, reason },
                         None => Error::Dropped,
-                    };
+                    });
                 }
             }
-            if handled == MAX_BATCH {
-                break;
+            if handled == MAX_BATCH || gathered_bytes >= MAX_GATHERED_BYTES {
+                break None;
             }
             match futures_util::FutureExt::now_or_never(stream.next()) {
                 Some(next) => frame = next,
-                None => break,
+                None => break None,
             }
+        };
+
+        // Data that arrived before the end is delivered before the end is reported.
+        deliver(&mut gathered, incoming, shared).await;
+        if let Some(error) = ended {
+            return error;
         }
     }
 }
 
-/// Hands a message to the application, waiting while its queue is full; while it waits,
-/// the socket is not read and the liveness check is suspended.
-async fn deliver(message: Message, incoming: &mpsc::Sender<Message>, shared: &Shared) {
+/// Hands messages to the application in order, waiting while its queue is full; while it
+/// waits, the socket is not read and the liveness check is suspended.
+async fn deliver(messages: &mut Vec<Message>, incoming: &mpsc::Sender<Message>, shared: &Shared) {
     // Not yet: while the application's queue is full the socket is not read, so the
     // server's pings wait for the application too.
-    Counters::add(&shared.counters.messages_received, 1);
-    let message = match incoming.try_send(message) {
-        Ok(()) => return,
-        Err(mpsc::error::TrySendError::Full(message)) => message,
-        Err(mpsc::error::TrySendError::Closed(_)) => {
-            Counters::add(&shared.counters.unread, 1);
-            return;
+    Counters::add(&shared.counters.messages_received, messages.len() as u64);
+    let mut unread = 0;
+    for message in messages.drain(..) {
+        let message = match incoming.try_send(message) {
+            Ok(()) => continue,
+            Err(mpsc::error::TrySendError::Full(message)) => message,
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                unread += 1;
+                continue;
+            }
+        };
+        if incoming.send(message).await.is_err() {
+            // The application dropped its `Incoming`: it chose not to read.
+            unread += 1;
         }
-    };
-    if incoming.send(message).await.is_err() {
-        // The application dropped its `Incoming`: it chose not to read.
-        Counters::add(&shared.counters.unread, 1);
     }
+    Counters::add(&shared.counters.unread, unread);
 }
 
 fn report_discards(shared: &Shared, reason: DiscardReason, count: u64) {
