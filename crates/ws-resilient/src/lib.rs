@@ -78,6 +78,7 @@ mod config;
 mod error;
 #[cfg(feature = "json")]
 mod json;
+mod link;
 mod message;
 mod outbox;
 mod state;

@@ -3,7 +3,7 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
-use std::task::Poll;
+use std::task::{Context, Poll};
 
 use futures_util::task::AtomicWaker;
 use tokio::sync::Notify;
@@ -169,18 +169,24 @@ impl Outbox {
     /// meant for an earlier connection.
     #[cfg(test)]
     pub(crate) fn take(&self, discards: &mut Discards) -> Option<Message> {
-        let mut batch = Vec::with_capacity(1);
+        let mut batch = VecDeque::with_capacity(1);
         self.take_batch(&mut batch, 1, discards);
-        batch.pop()
+        batch.pop_front()
     }
 
     /// Moves up to `max` sendable messages into `batch` under one lock, with the same
     /// discarding as [`Outbox::take`].
-    pub(crate) fn take_batch(&self, batch: &mut Vec<Message>, max: usize, discards: &mut Discards) {
+    pub(crate) fn take_batch(
+        &self,
+        batch: &mut VecDeque<Message>,
+        max: usize,
+        discards: &mut Discards,
+    ) {
         let mut queue = self.lock();
         let now = Instant::now();
+        let mut taken = 0;
 
-        while batch.len() < max {
+        while taken < max {
             let Some(entry) = queue.entries.pop_front() else {
                 break;
             };
@@ -197,7 +203,8 @@ impl Outbox {
                 discards.not_replayable += 1;
                 continue;
             }
-            batch.push(entry.message);
+            batch.push_back(entry.message);
+            taken += 1;
         }
         drop(queue);
 
@@ -254,24 +261,19 @@ impl Ready {
         self.waker.wake();
     }
 
-    /// Waits until work was signalled since the last wait returned.
-    ///
-    /// # Cancel safety
-    ///
-    /// Cancel safe: the signal stays set until a wait returns.
-    pub(crate) async fn wait(&self) {
-        std::future::poll_fn(|cx| {
-            if self.flag.swap(false, Ordering::AcqRel) {
-                return Poll::Ready(());
-            }
-            self.waker.register(cx.waker());
-            if self.flag.swap(false, Ordering::AcqRel) {
-                Poll::Ready(())
-            } else {
-                Poll::Pending
-            }
-        })
-        .await;
+    /// Ready when work was signalled since the last time this returned ready; otherwise
+    /// registers the task to be woken by the next signal.
+    pub(crate) fn poll_signalled(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.flag.swap(false, Ordering::AcqRel) {
+            return Poll::Ready(());
+        }
+        self.waker.register(cx.waker());
+        // A signal between the first check and the registration woke no one: look again.
+        if self.flag.swap(false, Ordering::AcqRel) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
     }
 }
 

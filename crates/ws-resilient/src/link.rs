@@ -1,0 +1,455 @@
+//! One open connection: frames both ways, pings and the hand-over of received data, all
+//! polled by the socket task on the whole socket.
+//!
+//! The socket is not split into halves. Splitting puts a lock in front of every read and
+//! every write, which buys nothing when a single task does both; polling the directions
+//! one after the other in one `poll` keeps that cost off every message.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use tokio::sync::mpsc;
+use tokio::time::{Instant, Interval, MissedTickBehavior, Sleep};
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{self, error::ProtocolError};
+use tokio_util::sync::PollSender;
+use tracing::{debug, trace};
+
+use crate::client::Shared;
+use crate::error::Error;
+use crate::message::Message;
+use crate::outbox::Discards;
+use crate::state::{Counters, DiscardReason};
+use crate::task::Socket;
+
+/// Most messages taken from the outbox under one lock.
+const OUTBOX_BATCH: usize = 256;
+
+/// Most frames fed to the socket before reads get their turn; tungstenite writes out by
+/// itself whenever its write buffer fills, so this only bounds how long reads wait.
+const MAX_FED: usize = 4096;
+
+/// Most frames read before the data gathered so far is handed over.
+const MAX_READ: usize = 256;
+
+/// Bytes of received data gathered before it is handed over, so a burst of large messages
+/// is not held back for long.
+const MAX_GATHERED_BYTES: usize = 256 << 10;
+
+/// The state of one connection between the upgrade and its end.
+pub(crate) struct Link {
+    socket: Socket,
+    shared: Arc<Shared>,
+    /// Whether the on-connect hook has succeeded, so the outbox may flow.
+    hook_done: bool,
+
+    /// Messages taken from the outbox and not yet fed to the socket.
+    outgoing: VecDeque<Message>,
+    /// Whether the last take filled a whole batch, so more may be waiting unsignalled.
+    outbox_more: bool,
+    /// A ping waiting to be written.
+    ping_out: Option<Bytes>,
+    /// Messages taken (from the outbox or the hook) whose flush has not succeeded yet.
+    in_flight: u64,
+    /// Whether frames were fed since the last successful flush.
+    unflushed: bool,
+    /// Set when a write failed because the peer's close arrived first: the read side has
+    /// the close code and ends the connection with it.
+    write_closed: bool,
+
+    /// Received data the application's queue has not accepted yet, in order.
+    received: VecDeque<Message>,
+    /// Waits for room in the application's queue once it is full.
+    inbound: PollSender<Message>,
+    /// Why the read side ended; reported once `received` is handed over.
+    ended: Option<Error>,
+    /// The close frame the peer sent, if any.
+    close_code: Option<(u16, String)>,
+
+    ticker: Option<Interval>,
+    /// The unanswered ping: its nonce and when it went out.
+    ping: Option<(u64, Instant)>,
+    nonce: u64,
+    /// When the unanswered ping counts as lost; armed while `pong_due`.
+    pong_deadline: Pin<Box<Sleep>>,
+    pong_due: bool,
+}
+
+impl Link {
+    pub(crate) fn new(
+        socket: Socket,
+        shared: Arc<Shared>,
+        incoming: mpsc::Sender<Message>,
+    ) -> Self {
+        let ticker = shared.config.ping_interval.map(|interval| {
+            let mut ticker = tokio::time::interval_at(Instant::now() + interval, interval);
+            ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            ticker
+        });
+        Self {
+            socket,
+            shared,
+            hook_done: false,
+            outgoing: VecDeque::new(),
+            outbox_more: false,
+            ping_out: None,
+            in_flight: 0,
+            unflushed: false,
+            write_closed: false,
+            received: VecDeque::new(),
+            inbound: PollSender::new(incoming),
+            ended: None,
+            close_code: None,
+            ticker,
+            ping: None,
+            nonce: 0,
+            pong_deadline: Box::pin(tokio::time::sleep(Duration::ZERO)),
+            pong_due: false,
+        }
+    }
+
+    /// Lets buffered messages flow, after every message the hook sent.
+    pub(crate) fn hook_done(&mut self) {
+        self.hook_done = true;
+    }
+
+    /// Messages taken for this connection that were not confirmed written.
+    pub(crate) fn in_flight(&self) -> u64 {
+        self.in_flight
+    }
+
+    /// Runs the connection until it fails; returns why.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: every piece of progress lives in `self`, so a later call resumes.
+    pub(crate) async fn run(&mut self, hook: &mut mpsc::UnboundedReceiver<Message>) -> Error {
+        std::future::poll_fn(|cx| self.poll(cx, hook)).await
+    }
+
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+        hook: &mut mpsc::UnboundedReceiver<Message>,
+    ) -> Poll<Error> {
+        // Received data first: while the application's queue is full, nothing is read and
+        // the liveness check waits with it.
+        if self.poll_hand_over(cx).is_ready() && self.ended.is_none() {
+            self.poll_read(cx);
+            if self.poll_hand_over(cx).is_ready()
+                && self.ended.is_none()
+                && let Poll::Ready(error) = self.poll_liveness(cx)
+            {
+                self.ended = Some(error);
+            }
+        }
+        if self.ended.is_none()
+            && let Poll::Ready(error) = self.poll_write(cx, hook)
+        {
+            self.ended = Some(error);
+        }
+
+        // The end is reported only once the data that arrived before it is handed over.
+        if self.received.is_empty()
+            && let Some(error) = self.ended.take()
+        {
+            return Poll::Ready(error);
+        }
+        Poll::Pending
+    }
+
+    /// Reads the frames that are ready, up to a batch, into `received`.
+    fn poll_read(&mut self, cx: &mut Context<'_>) {
+        let mut frames = 0;
+        let mut bytes = 0;
+        let mut data = 0;
+
+        while self.ended.is_none() {
+            if frames == MAX_READ || bytes >= MAX_GATHERED_BYTES {
+                // More may be ready: hand these over first, then come back.
+                cx.waker().wake_by_ref();
+                break;
+            }
+            let Poll::Ready(frame) = Pin::new(&mut self.socket).poll_next(cx) else {
+                break;
+            };
+            frames += 1;
+            // Any frame at all proves the peer is alive.
+            self.pong_due = false;
+            match frame {
+                Some(Ok(tungstenite::Message::Text(text))) => {
+                    bytes += text.len();
+                    data += 1;
+                    self.received.push_back(Message::Text(text));
+                }
+                Some(Ok(tungstenite::Message::Binary(payload))) => {
+                    bytes += payload.len();
+                    data += 1;
+                    self.received.push_back(Message::Binary(payload));
+                }
+                Some(Ok(tungstenite::Message::Pong(payload))) => self.pong(&payload),
+                Some(Ok(tungstenite::Message::Close(frame))) => {
+                    // tungstenite answers the close itself; reading goes on until the end.
+                    self.close_code = Some(match frame {
+                        Some(frame) => (u16::from(frame.code), frame.reason.to_string()),
+                        None => (1005, String::new()),
+                    });
+                }
+                Some(Ok(_)) => {}
+                Some(Err(error)) => self.ended = Some(self.read_error(error)),
+                None => self.ended = Some(self.read_error(tungstenite::Error::ConnectionClosed)),
+            }
+        }
+        Counters::add(&self.shared.counters.messages_received, data);
+    }
+
+    fn read_error(&mut self, error: tungstenite::Error) -> Error {
+        match self.close_code.take() {
+            Some((code, reason)) => Error::Closed { code, reason },
+            None if matches!(error, tungstenite::Error::ConnectionClosed) => Error::Dropped,
+            None => Error::WebSocket(Arc::new(error)),
+        }
+    }
+
+    fn pong(&mut self, payload: &[u8]) {
+        if let Some((expected, sent_at)) = self.ping
+            && payload == expected.to_be_bytes()
+        {
+            let rtt = sent_at.elapsed();
+            trace!(?rtt, "pong");
+            self.shared.set_rtt(rtt);
+            self.ping = None;
+        }
+    }
+
+    /// Hands received data to the application in order. Ready once nothing is left.
+    fn poll_hand_over(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        while let Some(message) = self.received.pop_front() {
+            let Some(sender) = self.inbound.get_ref() else {
+                self.count_unread(1);
+                return Poll::Ready(());
+            };
+            let message = match sender.try_send(message) {
+                Ok(()) => continue,
+                Err(mpsc::error::TrySendError::Full(message)) => message,
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    self.count_unread(1);
+                    return Poll::Ready(());
+                }
+            };
+
+            // The queue is full: wait for room without blocking the writes.
+            match self.inbound.poll_reserve(cx) {
+                Poll::Pending => {
+                    self.received.push_front(message);
+                    return Poll::Pending;
+                }
+                Poll::Ready(Ok(())) => {
+                    if self.inbound.send_item(message).is_err() {
+                        self.count_unread(1);
+                        return Poll::Ready(());
+                    }
+                }
+                Poll::Ready(Err(_)) => {
+                    self.count_unread(1);
+                    return Poll::Ready(());
+                }
+            }
+        }
+        Poll::Ready(())
+    }
+
+    /// Counts `taken` (already out of `received`) and everything still in `received` as
+    /// unread, and drops them: the application's queue is gone or has no room left.
+    fn count_unread(&mut self, taken: u64) {
+        let unread = taken + self.received.len() as u64;
+        self.received.clear();
+        Counters::add(&self.shared.counters.unread, unread);
+    }
+
+    /// Sends a ping on schedule and fails the connection when one goes unanswered.
+    fn poll_liveness(&mut self, cx: &mut Context<'_>) -> Poll<Error> {
+        let timeout = self.shared.config.pong_timeout;
+        if let Some(ticker) = self.ticker.as_mut() {
+            while ticker.poll_tick(cx).is_ready() {
+                if self.pong_due {
+                    continue;
+                }
+                self.nonce = self.nonce.wrapping_add(1);
+                let sent_at = Instant::now();
+                self.ping = Some((self.nonce, sent_at));
+                self.ping_out = Some(Bytes::copy_from_slice(&self.nonce.to_be_bytes()));
+                self.pong_deadline.as_mut().reset(sent_at + timeout);
+                self.pong_due = true;
+                Counters::add(&self.shared.counters.pings, 1);
+                trace!(nonce = self.nonce, "ping");
+            }
+        }
+
+        if self.pong_due && self.pong_deadline.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Error::PongTimeout(timeout));
+        }
+        Poll::Pending
+    }
+
+    /// Feeds pings, the hook's messages and then buffered messages, and flushes once.
+    /// Ready only on failure.
+    fn poll_write(
+        &mut self,
+        cx: &mut Context<'_>,
+        hook: &mut mpsc::UnboundedReceiver<Message>,
+    ) -> Poll<Error> {
+        if self.write_closed {
+            return Poll::Pending;
+        }
+
+        let mut fed = 0;
+        while fed < MAX_FED {
+            match Pin::new(&mut self.socket).poll_ready(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(error)) => return self.write_failed(error),
+                Poll::Pending => break,
+            }
+            let Some(frame) = self.next_frame(cx, hook) else {
+                break;
+            };
+            if let Err(error) = Pin::new(&mut self.socket).start_send(frame) {
+                return self.write_failed(error);
+            }
+            self.unflushed = true;
+            fed += 1;
+        }
+        if fed == MAX_FED {
+            // More is waiting: flush, let reads in, and come back at once.
+            cx.waker().wake_by_ref();
+        }
+
+        if self.unflushed {
+            match Pin::new(&mut self.socket).poll_flush(cx) {
+                Poll::Ready(Ok(())) => {
+                    self.unflushed = false;
+                    Counters::add(&self.shared.counters.messages_sent, self.in_flight);
+                    self.in_flight = 0;
+                }
+                Poll::Ready(Err(error)) => return self.write_failed(error),
+                Poll::Pending => {}
+            }
+        }
+        Poll::Pending
+    }
+
+    /// The next frame to write, registering for a wake-up when there is none.
+    fn next_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+        hook: &mut mpsc::UnboundedReceiver<Message>,
+    ) -> Option<tungstenite::Message> {
+        if let Some(payload) = self.ping_out.take() {
+            return Some(tungstenite::Message::Ping(payload));
+        }
+        if let Poll::Ready(Some(message)) = hook.poll_recv(cx) {
+            self.in_flight += 1;
+            return Some(message.into_frame());
+        }
+        if !self.hook_done {
+            return None;
+        }
+
+        loop {
+            if let Some(message) = self.outgoing.pop_front() {
+                return Some(message.into_frame());
+            }
+            if !self.outbox_more && self.shared.outbox.ready.poll_signalled(cx).is_pending() {
+                return None;
+            }
+            self.take_from_outbox();
+        }
+    }
+
+    fn take_from_outbox(&mut self) {
+        let mut discards = Discards::default();
+        let before = self.outgoing.len();
+        self.shared
+            .outbox
+            .take_batch(&mut self.outgoing, OUTBOX_BATCH, &mut discards);
+        let taken = self.outgoing.len() - before;
+        self.outbox_more = taken == OUTBOX_BATCH;
+        // Taken messages count as in flight until a flush succeeds.
+        self.in_flight += taken as u64;
+        for (reason, count) in discards.reasons() {
+            report_discards(&self.shared, reason, count);
+        }
+    }
+
+    fn write_failed(&mut self, error: tungstenite::Error) -> Poll<Error> {
+        if matches!(
+            error,
+            tungstenite::Error::ConnectionClosed
+                | tungstenite::Error::AlreadyClosed
+                | tungstenite::Error::Protocol(ProtocolError::SendAfterClosing)
+        ) {
+            // The peer's close frame arrived first: the read side has its code and ends
+            // the connection with it once the close handshake is over.
+            self.write_closed = true;
+            return Poll::Pending;
+        }
+        Poll::Ready(Error::WebSocket(Arc::new(error)))
+    }
+
+    /// Writes what was taken, sends a normal close and waits, within `timeout`, for the
+    /// peer's close. Counts everything written before the close as sent when the close
+    /// frame was flushed.
+    pub(crate) async fn close(&mut self, timeout: Duration) {
+        self.hand_over_without_waiting();
+        let handshake = async {
+            while let Some(message) = self.outgoing.pop_front() {
+                self.socket.feed(message.into_frame()).await?;
+            }
+            let frame = CloseFrame {
+                code: CloseCode::Normal,
+                reason: "".into(),
+            };
+            self.socket
+                .send(tungstenite::Message::Close(Some(frame)))
+                .await?;
+            // The close frame went out behind everything fed before it.
+            Counters::add(&self.shared.counters.messages_sent, self.in_flight);
+            self.in_flight = 0;
+            while let Some(Ok(_)) = self.socket.next().await {}
+            Ok::<(), tungstenite::Error>(())
+        };
+        match tokio::time::timeout(timeout, handshake).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => debug!(%error, "the close handshake failed"),
+            Err(_) => debug!(?timeout, "the server did not answer the close in time"),
+        }
+    }
+}
+
+impl Link {
+    /// Hands over what the application's queue has room for; the rest is counted unread.
+    fn hand_over_without_waiting(&mut self) {
+        while let Some(message) = self.received.pop_front() {
+            let accepted = self
+                .inbound
+                .get_ref()
+                .is_some_and(|sender| sender.try_send(message).is_ok());
+            if !accepted {
+                self.count_unread(1);
+                return;
+            }
+        }
+    }
+}
+
+pub(crate) fn report_discards(shared: &Shared, reason: DiscardReason, count: u64) {
+    debug!(?reason, count, "messages discarded");
+    shared.counters.discarded(reason, count);
+    shared.emit(crate::state::Event::Discarded { reason, count });
+}
