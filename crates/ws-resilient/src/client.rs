@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::error::{BoxError, BuildError, CloseReason, SendError};
+use crate::inbox::Inbox;
 use crate::message::Message;
 use crate::outbox::{Outbox, Sent};
 use crate::state::{Counters, DiscardReason, Event, Events, Metrics, State};
@@ -133,9 +134,9 @@ impl Builder {
             .unwrap_or_default();
         let (state, state_rx) = watch::channel(State::Connecting { attempt: 1 });
         let (events, _) = broadcast::channel(256);
-        let (incoming_tx, incoming_rx) = mpsc::channel(self.config.inbound_capacity);
         let shared = Arc::new(Shared {
             outbox: Outbox::new(self.config.buffer.clone(), self.config.max_message_size),
+            inbox: Inbox::new(self.config.inbound_capacity),
             counters: Counters::default(),
             events,
             state,
@@ -147,12 +148,7 @@ impl Builder {
             tls: Some(self.tls.unwrap_or_else(default_tls)),
         });
 
-        runtime.spawn(task::run(
-            Arc::clone(&shared),
-            request,
-            self.hook,
-            incoming_tx,
-        ));
+        runtime.spawn(task::run(Arc::clone(&shared), request, self.hook));
 
         let client = Client {
             shared: Arc::clone(&shared),
@@ -161,13 +157,7 @@ impl Builder {
                 shared: Arc::clone(&shared),
             }),
         };
-        Ok((
-            client,
-            Incoming {
-                shared,
-                receiver: incoming_rx,
-            },
-        ))
+        Ok((client, Incoming { shared }))
     }
 
     fn validate(&self) -> Result<(), BuildError> {
@@ -216,6 +206,7 @@ impl Builder {
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) outbox: Outbox,
+    pub(crate) inbox: Inbox,
     pub(crate) counters: Counters,
     pub(crate) events: broadcast::Sender<Event>,
     pub(crate) state: watch::Sender<State>,
@@ -410,12 +401,7 @@ impl Client {
 /// (backpressure) and suspends the liveness check until the application catches up.
 #[derive(Debug)]
 pub struct Incoming {
-    #[cfg_attr(
-        not(feature = "json"),
-        expect(dead_code, reason = "the json layer reports parse failures through it")
-    )]
     pub(crate) shared: Arc<Shared>,
-    receiver: mpsc::Receiver<Message>,
 }
 
 impl Incoming {
@@ -425,7 +411,11 @@ impl Incoming {
     ///
     /// Cancel safe.
     pub async fn recv(&mut self) -> Option<Message> {
-        self.receiver.recv().await
+        std::future::poll_fn(|cx| {
+            let next = self.shared.inbox.poll_take(cx, 1, |mut taken| taken.next());
+            next.map(Option::flatten)
+        })
+        .await
     }
 
     /// Appends up to `limit` waiting messages to `buffer`, waiting only if none is waiting;
@@ -436,7 +426,25 @@ impl Incoming {
     ///
     /// Cancel safe.
     pub async fn recv_many(&mut self, buffer: &mut Vec<Message>, limit: usize) -> usize {
-        self.receiver.recv_many(buffer, limit).await
+        if limit == 0 {
+            return 0;
+        }
+        std::future::poll_fn(|cx| {
+            let taken = self.shared.inbox.poll_take(cx, limit, |taken| {
+                let before = buffer.len();
+                buffer.extend(taken);
+                buffer.len() - before
+            });
+            taken.map(Option::unwrap_or_default)
+        })
+        .await
+    }
+}
+
+impl Drop for Incoming {
+    fn drop(&mut self) {
+        let unread = self.shared.inbox.close_receiving();
+        Counters::add(&self.shared.counters.unread, unread);
     }
 }
 

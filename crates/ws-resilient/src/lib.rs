@@ -76,6 +76,7 @@
 mod client;
 mod config;
 mod error;
+mod inbox;
 #[cfg(feature = "json")]
 mod json;
 mod link;

@@ -18,11 +18,11 @@ use tokio::time::{Instant, Interval, MissedTickBehavior, Sleep};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{self, error::ProtocolError};
-use tokio_util::sync::PollSender;
 use tracing::{debug, trace};
 
 use crate::client::Shared;
 use crate::error::Error;
+use crate::inbox::Pushed;
 use crate::message::Message;
 use crate::outbox::Discards;
 use crate::state::{Counters, DiscardReason};
@@ -65,8 +65,6 @@ pub(crate) struct Link {
 
     /// Received data the application's queue has not accepted yet, in order.
     received: VecDeque<Message>,
-    /// Waits for room in the application's queue once it is full.
-    inbound: PollSender<Message>,
     /// Why the read side ended; reported once `received` is handed over.
     ended: Option<Error>,
     /// The close frame the peer sent, if any.
@@ -82,11 +80,7 @@ pub(crate) struct Link {
 }
 
 impl Link {
-    pub(crate) fn new(
-        socket: Socket,
-        shared: Arc<Shared>,
-        incoming: mpsc::Sender<Message>,
-    ) -> Self {
+    pub(crate) fn new(socket: Socket, shared: Arc<Shared>) -> Self {
         let ticker = shared.config.ping_interval.map(|interval| {
             let mut ticker = tokio::time::interval_at(Instant::now() + interval, interval);
             ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -103,7 +97,6 @@ impl Link {
             unflushed: false,
             write_closed: false,
             received: VecDeque::new(),
-            inbound: PollSender::new(incoming),
             ended: None,
             close_code: None,
             ticker,
@@ -230,47 +223,14 @@ impl Link {
 
     /// Hands received data to the application in order. Ready once nothing is left.
     fn poll_hand_over(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        while let Some(message) = self.received.pop_front() {
-            let Some(sender) = self.inbound.get_ref() else {
-                self.count_unread(1);
-                return Poll::Ready(());
-            };
-            let message = match sender.try_send(message) {
-                Ok(()) => continue,
-                Err(mpsc::error::TrySendError::Full(message)) => message,
-                Err(mpsc::error::TrySendError::Closed(_)) => {
-                    self.count_unread(1);
-                    return Poll::Ready(());
-                }
-            };
-
-            // The queue is full: wait for room without blocking the writes.
-            match self.inbound.poll_reserve(cx) {
-                Poll::Pending => {
-                    self.received.push_front(message);
-                    return Poll::Pending;
-                }
-                Poll::Ready(Ok(())) => {
-                    if self.inbound.send_item(message).is_err() {
-                        self.count_unread(1);
-                        return Poll::Ready(());
-                    }
-                }
-                Poll::Ready(Err(_)) => {
-                    self.count_unread(1);
-                    return Poll::Ready(());
-                }
+        match self.shared.inbox.push(&mut self.received, Some(cx)) {
+            Pushed::All => Poll::Ready(()),
+            Pushed::Full => Poll::Pending,
+            Pushed::Unread(unread) => {
+                Counters::add(&self.shared.counters.unread, unread);
+                Poll::Ready(())
             }
         }
-        Poll::Ready(())
-    }
-
-    /// Counts `taken` (already out of `received`) and everything still in `received` as
-    /// unread, and drops them: the application's queue is gone or has no room left.
-    fn count_unread(&mut self, taken: u64) {
-        let unread = taken + self.received.len() as u64;
-        self.received.clear();
-        Counters::add(&self.shared.counters.unread, unread);
     }
 
     /// Sends a ping on schedule and fails the connection when one goes unanswered.
@@ -435,16 +395,12 @@ impl Link {
 impl Link {
     /// Hands over what the application's queue has room for; the rest is counted unread.
     fn hand_over_without_waiting(&mut self) {
-        while let Some(message) = self.received.pop_front() {
-            let accepted = self
-                .inbound
-                .get_ref()
-                .is_some_and(|sender| sender.try_send(message).is_ok());
-            if !accepted {
-                self.count_unread(1);
-                return;
-            }
-        }
+        let unread = match self.shared.inbox.push(&mut self.received, None) {
+            Pushed::All => 0,
+            Pushed::Full => std::mem::take(&mut self.received).len() as u64,
+            Pushed::Unread(unread) => unread,
+        };
+        Counters::add(&self.shared.counters.unread, unread);
     }
 }
 

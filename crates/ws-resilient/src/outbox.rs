@@ -32,7 +32,8 @@ pub enum Sent {
 #[derive(Debug)]
 struct Entry {
     message: Message,
-    queued_at: Instant,
+    /// Read from the clock only when messages can expire.
+    queued_at: Option<Instant>,
     /// For messages that must not be replayed: the connection they were meant for.
     only_on: Option<u64>,
 }
@@ -118,6 +119,7 @@ impl Outbox {
             });
         }
 
+        let queued_at = self.config.max_age.map(|_| Instant::now());
         let mut queue = self.lock();
         if queue.closed {
             return Err(SendError::Closed(message));
@@ -152,7 +154,7 @@ impl Outbox {
         queue.bytes += size;
         queue.entries.push_back(Entry {
             message,
-            queued_at: Instant::now(),
+            queued_at,
             only_on,
         });
         drop(queue);
@@ -182,8 +184,8 @@ impl Outbox {
         max: usize,
         discards: &mut Discards,
     ) {
+        let expired_before = self.config.max_age.map(|age| (Instant::now(), age));
         let mut queue = self.lock();
-        let now = Instant::now();
         let mut taken = 0;
 
         while taken < max {
@@ -191,10 +193,8 @@ impl Outbox {
                 break;
             };
             queue.bytes -= entry.message.len();
-            if self
-                .config
-                .max_age
-                .is_some_and(|age| now.duration_since(entry.queued_at) > age)
+            if let (Some((now, age)), Some(queued_at)) = (expired_before, entry.queued_at)
+                && now.duration_since(queued_at) > age
             {
                 discards.expired += 1;
                 continue;
@@ -208,7 +208,10 @@ impl Outbox {
         }
         drop(queue);
 
-        self.room.notify_waiters();
+        // Only `Overflow::Wait` has senders waiting for room.
+        if self.config.overflow == Overflow::Wait {
+            self.room.notify_waiters();
+        }
     }
 
     /// Records which connection is open (hook done), or that none is.
@@ -257,8 +260,11 @@ pub(crate) struct Ready {
 impl Ready {
     /// Marks work as ready and wakes the writer.
     pub(crate) fn signal(&self) {
-        self.flag.store(true, Ordering::Release);
-        self.waker.wake();
+        // Whoever raised the flag is waking the writer already, and the writer looks at
+        // the flag again after registering, so only the first signal needs to wake it.
+        if !self.flag.swap(true, Ordering::AcqRel) {
+            self.waker.wake();
+        }
     }
 
     /// Ready when work was signalled since the last time this returned ready; otherwise

@@ -136,7 +136,8 @@ pub struct Metrics {
     pub lost_in_flight: u64,
     /// Received messages the JSON layer could not parse.
     pub parse_failures: u64,
-    /// Received messages discarded because the application dropped its `Incoming`.
+    /// Received messages never read: the application dropped its `Incoming`, or its queue
+    /// was full when the client closed.
     pub unread: u64,
     /// Pings sent.
     pub pings: u64,

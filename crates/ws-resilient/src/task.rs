@@ -20,24 +20,19 @@ use crate::client::{HookFn, HookSender, Request, RequestFn, Shared};
 use crate::config::{Action, Config};
 use crate::error::{CloseReason, Error};
 use crate::link::{Link, report_discards};
-use crate::message::Message;
 use crate::state::{Counters, DiscardReason, Event, State};
 
 /// The socket of one connection.
 pub(crate) type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// Runs the client until it is closed, stopped by a rule, or abandoned.
-pub(crate) async fn run(
-    shared: Arc<Shared>,
-    request: RequestFn,
-    hook: Option<HookFn>,
-    incoming: mpsc::Sender<Message>,
-) {
+pub(crate) async fn run(shared: Arc<Shared>, request: RequestFn, hook: Option<HookFn>) {
+    // However this task ends, even dropped with its runtime, the reader learns of it.
+    let _inbox = CloseSending(Arc::clone(&shared));
     let mut supervisor = Supervisor {
         shared: Arc::clone(&shared),
         request,
         hook,
-        incoming,
         rng: match shared.config.seed {
             Some(seed) => SmallRng::seed_from_u64(seed),
             None => SmallRng::seed_from_u64(RandomState::new().hash_one(0u8)),
@@ -56,11 +51,19 @@ pub(crate) async fn run(
     shared.emit(Event::Closed(reason));
 }
 
+/// Ends the inbox's sending side when dropped.
+struct CloseSending(Arc<Shared>);
+
+impl Drop for CloseSending {
+    fn drop(&mut self) {
+        self.0.inbox.close_sending();
+    }
+}
+
 struct Supervisor {
     shared: Arc<Shared>,
     request: RequestFn,
     hook: Option<HookFn>,
-    incoming: mpsc::Sender<Message>,
     rng: SmallRng,
     /// Failed attempts in a row (connections that did not become stable included).
     failures: u32,
@@ -219,7 +222,7 @@ impl Supervisor {
     async fn open(&mut self, socket: Socket, connection: u64, attempt: u32) -> Ended {
         let shared = Arc::clone(&self.shared);
         let (hook_tx, mut hook_rx) = mpsc::unbounded_channel();
-        let mut link = Link::new(socket, Arc::clone(&shared), self.incoming.clone());
+        let mut link = Link::new(socket, Arc::clone(&shared));
         let mut opened_at = None;
 
         let hook = run_hook(
