@@ -30,7 +30,7 @@ fn main() {
     // that it does not compete with the client for the client runtime's workers.
     let server = echo_server_thread();
     runtime.block_on(async {
-        for (name, size, count) in [("64b", 64, 50_000), ("16kib", MAX_SIZE, 5_000)] {
+        for (name, size, count) in [("64b", 64, 400_000), ("16kib", MAX_SIZE, 40_000)] {
             if filter
                 .as_ref()
                 .is_some_and(|filter| !name.contains(filter.as_str()))
@@ -44,14 +44,27 @@ fn main() {
                 raw.push(spawned(raw_echo(server, size, count)).await);
                 ours.push(spawned(client_echo(server, size, count)).await);
             }
-            let ratios: Vec<f64> = ours
-                .iter()
-                .zip(&raw)
-                .map(|(ours, raw)| ours / raw)
-                .collect();
-            println!("bench echo_{name}_raw: {:.0} msg/s", median(raw));
-            println!("bench echo_{name}_client: {:.0} msg/s", median(ours));
-            println!("bench echo_{name}_ratio: {:.3} ratio", median(ratios));
+            let paired = |figure: fn(&Round) -> Option<f64>| -> Option<f64> {
+                let ratios: Option<Vec<f64>> = ours
+                    .iter()
+                    .zip(&raw)
+                    .map(|(ours, raw)| Some(figure(ours)? / figure(raw)?))
+                    .collect();
+                ratios.map(median)
+            };
+            let rate = |round: &Round| Some(round.per_second);
+            let rates = |rounds: &[Round]| median(rounds.iter().map(|r| r.per_second).collect());
+            println!("bench echo_{name}_raw: {:.0} msg/s", rates(&raw));
+            println!("bench echo_{name}_client: {:.0} msg/s", rates(&ours));
+            if let Some(ratio) = paired(rate) {
+                println!("bench echo_{name}_ratio: {ratio:.3} ratio");
+            }
+            // CPU time per message of the whole process (echo server included), raw over
+            // ours: what the client's layer costs, apart from how well it spreads over cores.
+            let cpu = |round: &Round| Some(1.0 / round.cpu?.as_secs_f64());
+            if let Some(ratio) = paired(cpu) {
+                println!("bench echo_{name}_cpu_ratio: {ratio:.3} ratio");
+            }
         }
         if filter.is_some() {
             return;
@@ -151,13 +164,44 @@ async fn echo(
     Ok(())
 }
 
+/// One measured round.
+struct Round {
+    per_second: f64,
+    /// CPU time the whole process spent while the round ran, where the platform tells.
+    cpu: Option<Duration>,
+}
+
+impl Round {
+    fn new(count: usize, started: Instant, cpu_at_start: Option<Duration>) -> Self {
+        let elapsed = started.elapsed();
+        Self {
+            per_second: count as f64 / elapsed.as_secs_f64(),
+            cpu: process_cpu()
+                .zip(cpu_at_start)
+                .map(|(now, start)| now.saturating_sub(start)),
+        }
+    }
+}
+
+/// CPU time used so far by every thread of this process, from Linux's per-thread
+/// scheduler statistics (nanoseconds on CPU); `None` elsewhere.
+fn process_cpu() -> Option<Duration> {
+    let mut total = 0u64;
+    for task in std::fs::read_dir("/proc/self/task").ok()? {
+        let stat = std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok()?;
+        total += stat.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(Duration::from_nanos(total))
+}
+
 /// Messages per second through a raw tokio-tungstenite client, sending while receiving.
-async fn raw_echo(server: SocketAddr, size: usize, count: usize) -> f64 {
+async fn raw_echo(server: SocketAddr, size: usize, count: usize) -> Round {
     let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{server}"))
         .await
         .expect("connect");
     let (mut sink, mut stream) = ws.split();
     let payload = payload(size);
+    let cpu_at_start = process_cpu();
     let started = Instant::now();
 
     let writer = tokio::spawn(async move {
@@ -177,13 +221,13 @@ async fn raw_echo(server: SocketAddr, size: usize, count: usize) -> f64 {
             other => panic!("echo ended early: {other:?}"),
         }
     }
-    let elapsed = started.elapsed();
+    let round = Round::new(count, started, cpu_at_start);
     let _ = writer.await;
-    count as f64 / elapsed.as_secs_f64()
+    round
 }
 
 /// The same through our client.
-async fn client_echo(server: SocketAddr, size: usize, count: usize) -> f64 {
+async fn client_echo(server: SocketAddr, size: usize, count: usize) -> Round {
     let config = Config {
         buffer: BufferConfig {
             max_messages: 4096,
@@ -200,6 +244,7 @@ async fn client_echo(server: SocketAddr, size: usize, count: usize) -> f64 {
     let mut state = client.state();
     state.wait_for(State::is_open).await.expect("open");
     let payload = payload(size);
+    let cpu_at_start = process_cpu();
     let started = Instant::now();
 
     let sender = client.clone();
@@ -219,10 +264,10 @@ async fn client_echo(server: SocketAddr, size: usize, count: usize) -> f64 {
         received += got;
         batch.clear();
     }
-    let elapsed = started.elapsed();
+    let round = Round::new(count, started, cpu_at_start);
     let _ = writer.await;
     client.close().await;
-    count as f64 / elapsed.as_secs_f64()
+    round
 }
 
 /// Kills the server, restarts it on the same address and measures how long the client
