@@ -11,13 +11,13 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, Interval, MissedTickBehavior, Sleep};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::{self, error::ProtocolError};
+use tokio_tungstenite::tungstenite::{self, Utf8Bytes, error::ProtocolError};
 use tracing::{debug, trace};
 
 use crate::client::Shared;
@@ -42,12 +42,21 @@ const MAX_READ: usize = 256;
 /// is not held back for long.
 const MAX_GATHERED_BYTES: usize = 256 << 10;
 
+/// Payloads up to this size are copied out of tungstenite's read buffer; larger ones have
+/// a buffer of their own already.
+const COPY_UP_TO: usize = 16 << 10;
+
+/// The size of a block that received payloads are copied into.
+const COPY_BLOCK: usize = 64 << 10;
+
 /// The state of one connection between the upgrade and its end.
 pub(crate) struct Link {
     socket: Socket,
     shared: Arc<Shared>,
     /// Whether the on-connect hook has succeeded, so the outbox may flow.
     hook_done: bool,
+    /// Whether a `HookSender` may still send.
+    hook_open: bool,
 
     /// Messages taken from the outbox and not yet fed to the socket.
     outgoing: VecDeque<Message>,
@@ -65,6 +74,7 @@ pub(crate) struct Link {
 
     /// Received data the application's queue has not accepted yet, in order.
     received: VecDeque<Message>,
+    copies: Copies,
     /// Why the read side ended; reported once `received` is handed over.
     ended: Option<Error>,
     /// The close frame the peer sent, if any.
@@ -90,6 +100,7 @@ impl Link {
             socket,
             shared,
             hook_done: false,
+            hook_open: true,
             outgoing: VecDeque::new(),
             outbox_more: false,
             ping_out: None,
@@ -97,6 +108,7 @@ impl Link {
             unflushed: false,
             write_closed: false,
             received: VecDeque::new(),
+            copies: Copies::default(),
             ended: None,
             close_code: None,
             ticker,
@@ -179,12 +191,14 @@ impl Link {
                 Some(Ok(tungstenite::Message::Text(text))) => {
                     bytes += text.len();
                     data += 1;
-                    self.received.push_back(Message::Text(text));
+                    self.received
+                        .push_back(Message::Text(self.copies.text(text)));
                 }
                 Some(Ok(tungstenite::Message::Binary(payload))) => {
                     bytes += payload.len();
                     data += 1;
-                    self.received.push_back(Message::Binary(payload));
+                    self.received
+                        .push_back(Message::Binary(self.copies.bytes(payload)));
                 }
                 Some(Ok(tungstenite::Message::Pong(payload))) => self.pong(&payload),
                 Some(Ok(tungstenite::Message::Close(frame))) => {
@@ -313,9 +327,16 @@ impl Link {
         if let Some(payload) = self.ping_out.take() {
             return Some(tungstenite::Message::Ping(payload));
         }
-        if let Poll::Ready(Some(message)) = hook.poll_recv(cx) {
-            self.in_flight += 1;
-            return Some(message.into_frame());
+        if self.hook_open {
+            match hook.poll_recv(cx) {
+                Poll::Ready(Some(message)) => {
+                    self.in_flight += 1;
+                    return Some(message.into_frame());
+                }
+                // Every `HookSender` is gone: nothing more can come this way.
+                Poll::Ready(None) => self.hook_open = false,
+                Poll::Pending => {}
+            }
         }
         if !self.hook_done {
             return None;
@@ -401,6 +422,44 @@ impl Link {
             Pushed::Unread(unread) => unread,
         };
         Counters::add(&self.shared.counters.unread, unread);
+    }
+}
+
+/// Copies received payloads out of tungstenite's read buffer into blocks of our own.
+///
+/// A payload from tungstenite shares the read buffer it arrived in, and while the
+/// application holds any such payload tungstenite cannot reuse that buffer: it allocates
+/// one just large enough for the next frame, so every read is small. Copied payloads leave
+/// the read buffer free, so reads stay large; a block is reused once the application has
+/// dropped everything copied into it.
+#[derive(Debug, Default)]
+struct Copies {
+    block: BytesMut,
+}
+
+impl Copies {
+    fn bytes(&mut self, payload: Bytes) -> Bytes {
+        if payload.len() > COPY_UP_TO {
+            return payload;
+        }
+        self.copy(&payload)
+    }
+
+    fn text(&mut self, text: Utf8Bytes) -> Utf8Bytes {
+        if text.len() > COPY_UP_TO {
+            return text;
+        }
+        // The copy is valid UTF-8 as the original was; the check only costs a scan.
+        let copy = self.copy(text.as_bytes());
+        Utf8Bytes::try_from(copy).unwrap_or(text)
+    }
+
+    fn copy(&mut self, data: &[u8]) -> Bytes {
+        if self.block.capacity() < data.len() && !self.block.try_reclaim(data.len()) {
+            self.block = BytesMut::with_capacity(COPY_BLOCK);
+        }
+        self.block.extend_from_slice(data);
+        self.block.split().freeze()
     }
 }
 
