@@ -262,7 +262,9 @@ impl Ready {
     pub(crate) fn signal(&self) {
         // Whoever raised the flag is waking the writer already, and the writer looks at
         // the flag again after registering, so only the first signal needs to wake it.
-        if !self.flag.swap(true, Ordering::AcqRel) {
+        // The plain load first: while the writer is busy the flag stays raised, and reading
+        // it does not pull the cache line away from the writer as a swap would.
+        if !self.flag.load(Ordering::Acquire) && !self.flag.swap(true, Ordering::AcqRel) {
             self.waker.wake();
         }
     }
