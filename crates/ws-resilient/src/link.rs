@@ -49,6 +49,9 @@ const COPY_UP_TO: usize = 16 << 10;
 /// The size of a block that received payloads are copied into.
 const COPY_BLOCK: usize = 64 << 10;
 
+/// Filled blocks kept for reuse.
+const SPARE_BLOCKS: usize = 4;
+
 /// The state of one connection between the upgrade and its end.
 pub(crate) struct Link {
     socket: Socket,
@@ -430,11 +433,14 @@ impl Link {
 /// A payload from tungstenite shares the read buffer it arrived in, and while the
 /// application holds any such payload tungstenite cannot reuse that buffer: it allocates
 /// one just large enough for the next frame, so every read is small. Copied payloads leave
-/// the read buffer free, so reads stay large; a block is reused once the application has
-/// dropped everything copied into it.
+/// the read buffer free, so reads stay large. A filled block is kept, up to a few, and
+/// reused once the application has dropped everything copied into it, so steady traffic
+/// does not keep asking the allocator for fresh pages.
 #[derive(Debug, Default)]
 struct Copies {
     block: BytesMut,
+    /// Filled blocks, oldest first, that may still hold payloads the application has.
+    spare: VecDeque<BytesMut>,
 }
 
 impl Copies {
@@ -456,10 +462,29 @@ impl Copies {
 
     fn copy(&mut self, data: &[u8]) -> Bytes {
         if self.block.capacity() < data.len() && !self.block.try_reclaim(data.len()) {
-            self.block = BytesMut::with_capacity(COPY_BLOCK);
+            self.next_block(data.len());
         }
         self.block.extend_from_slice(data);
         self.block.split().freeze()
+    }
+
+    /// Moves on to a spare block the application has let go of, or to a new one.
+    fn next_block(&mut self, at_least: usize) {
+        let free = self
+            .spare
+            .iter_mut()
+            .position(|block| block.try_reclaim(at_least));
+        let next = match free.and_then(|index| self.spare.remove(index)) {
+            Some(block) => block,
+            None => BytesMut::with_capacity(COPY_BLOCK.max(at_least)),
+        };
+
+        let filled = std::mem::replace(&mut self.block, next);
+        self.spare.push_back(filled);
+        if self.spare.len() > SPARE_BLOCKS {
+            // Its payloads stay valid; the block itself is freed with the last of them.
+            self.spare.pop_front();
+        }
     }
 }
 
