@@ -24,12 +24,12 @@ use crate::client::Shared;
 use crate::error::Error;
 use crate::inbox::Pushed;
 use crate::message::Message;
-use crate::outbox::Discards;
+use crate::outbox::{Discards, Entry};
 use crate::state::{Counters, DiscardReason};
 use crate::task::Socket;
 
 /// Most messages taken from the outbox under one lock.
-const OUTBOX_BATCH: usize = 256;
+const OUTBOX_BATCH: usize = 1024;
 
 /// Most frames fed to the socket before reads get their turn; tungstenite writes out by
 /// itself whenever its write buffer fills, so this only bounds how long reads wait.
@@ -62,7 +62,7 @@ pub(crate) struct Link {
     hook_open: bool,
 
     /// Messages taken from the outbox and not yet fed to the socket.
-    outgoing: VecDeque<Message>,
+    outgoing: VecDeque<Entry>,
     /// Whether the last take filled a whole batch, so more may be waiting unsignalled.
     outbox_more: bool,
     /// A ping waiting to be written.
@@ -130,6 +130,27 @@ impl Link {
     /// Messages taken for this connection that were not confirmed written.
     pub(crate) fn in_flight(&self) -> u64 {
         self.in_flight
+    }
+
+    /// Hands the messages taken but never fed to the socket back to the outbox, so a later
+    /// connection sends them; what cannot go back is reported.
+    pub(crate) fn put_back_unwritten(&mut self) {
+        let unwritten = self.outgoing.len() as u64;
+        if unwritten == 0 {
+            return;
+        }
+        let mut discards = Discards::default();
+        let lost = self
+            .shared
+            .outbox
+            .put_back(&mut self.outgoing, &mut discards);
+        self.in_flight -= unwritten;
+        for (reason, count) in discards.reasons() {
+            report_discards(&self.shared, reason, count);
+        }
+        if lost > 0 {
+            report_discards(&self.shared, DiscardReason::LostInFlight, lost);
+        }
     }
 
     /// Runs the connection until it fails; returns why.
@@ -346,8 +367,8 @@ impl Link {
         }
 
         loop {
-            if let Some(message) = self.outgoing.pop_front() {
-                return Some(message.into_frame());
+            if let Some(entry) = self.outgoing.pop_front() {
+                return Some(entry.message.into_frame());
             }
             if !self.outbox_more && self.shared.outbox.ready.poll_signalled(cx).is_pending() {
                 return None;
@@ -392,8 +413,8 @@ impl Link {
     pub(crate) async fn close(&mut self, timeout: Duration) {
         self.hand_over_without_waiting();
         let handshake = async {
-            while let Some(message) = self.outgoing.pop_front() {
-                self.socket.feed(message.into_frame()).await?;
+            while let Some(entry) = self.outgoing.pop_front() {
+                self.socket.feed(entry.message.into_frame()).await?;
             }
             let frame = CloseFrame {
                 code: CloseCode::Normal,

@@ -30,8 +30,8 @@ pub enum Sent {
 
 /// One buffered message.
 #[derive(Debug)]
-struct Entry {
-    message: Message,
+pub(crate) struct Entry {
+    pub(crate) message: Message,
     /// Read from the clock only when messages can expire.
     queued_at: Option<Instant>,
     /// For messages that must not be replayed: the connection they were meant for.
@@ -173,14 +173,14 @@ impl Outbox {
     pub(crate) fn take(&self, discards: &mut Discards) -> Option<Message> {
         let mut batch = VecDeque::with_capacity(1);
         self.take_batch(&mut batch, 1, discards);
-        batch.pop_front()
+        batch.pop_front().map(|entry| entry.message)
     }
 
     /// Moves up to `max` sendable messages into `batch` under one lock, with the same
     /// discarding as [`Outbox::take`].
     pub(crate) fn take_batch(
         &self,
-        batch: &mut VecDeque<Message>,
+        batch: &mut VecDeque<Entry>,
         max: usize,
         discards: &mut Discards,
     ) {
@@ -203,7 +203,7 @@ impl Outbox {
                 discards.not_replayable += 1;
                 continue;
             }
-            batch.push_back(entry.message);
+            batch.push_back(entry);
             taken += 1;
         }
         drop(queue);
@@ -212,6 +212,44 @@ impl Outbox {
         if self.config.overflow == Overflow::Wait {
             self.room.notify_waiters();
         }
+    }
+
+    /// Returns messages that were taken for a connection that failed before writing them,
+    /// ahead of everything queued since, as far as the limits allow. Counts the ones meant
+    /// only for that connection as not replayable and the ones with no room as lost.
+    pub(crate) fn put_back(&self, entries: &mut VecDeque<Entry>, discards: &mut Discards) -> u64 {
+        let mut queue = self.lock();
+        let replayable = |entry: &Entry| entry.only_on.is_none();
+        discards.not_replayable += entries.iter().filter(|entry| !replayable(entry)).count() as u64;
+        entries.retain(replayable);
+
+        // Keep the oldest that fit, as they would have gone out first.
+        let mut count = queue.entries.len();
+        let mut bytes = queue.bytes;
+        let fitting = if queue.closed {
+            0
+        } else {
+            entries
+                .iter()
+                .take_while(|entry| {
+                    count += 1;
+                    bytes += entry.message.len();
+                    count <= self.config.max_messages && bytes <= self.config.max_bytes
+                })
+                .count()
+        };
+        let lost = (entries.len() - fitting) as u64;
+        entries.truncate(fitting);
+        for entry in entries.drain(..).rev() {
+            queue.bytes += entry.message.len();
+            queue.entries.push_front(entry);
+        }
+        drop(queue);
+
+        if fitting > 0 {
+            self.ready.signal();
+        }
+        lost
     }
 
     /// Records which connection is open (hook done), or that none is.
@@ -414,6 +452,43 @@ mod tests {
                 not_replayable: 0
             }
         );
+    }
+
+    #[tokio::test]
+    async fn put_back_keeps_the_oldest_that_fit_ahead_of_newer_messages() {
+        let outbox = outbox(4, 1024, Overflow::Reject);
+        outbox.set_open(Some(1));
+        outbox.push(text(1), false).await.unwrap();
+        outbox.push(text(2), true).await.unwrap();
+        outbox.push(text(3), true).await.unwrap();
+        let mut discards = Discards::default();
+        let mut taken = VecDeque::new();
+        outbox.take_batch(&mut taken, 3, &mut discards);
+        outbox.set_open(None);
+        outbox.push(text(4), true).await.unwrap();
+        outbox.push(text(5), true).await.unwrap();
+        outbox.push(text(6), true).await.unwrap();
+
+        // 1 was meant for connection 1 only; of 2 and 3 only 2 fits beside 4, 5 and 6.
+        let lost = outbox.put_back(&mut taken, &mut discards);
+        let left: Vec<_> = std::iter::from_fn(|| outbox.take(&mut discards)).collect();
+
+        assert_eq!(lost, 1);
+        assert_eq!(discards.not_replayable, 1);
+        assert_eq!(left, vec![text(2), text(4), text(5), text(6)]);
+    }
+
+    #[tokio::test]
+    async fn put_back_after_close_keeps_nothing() {
+        let outbox = outbox(4, 1024, Overflow::Reject);
+        outbox.push(text(1), true).await.unwrap();
+        let mut discards = Discards::default();
+        let mut taken = VecDeque::new();
+        outbox.take_batch(&mut taken, 1, &mut discards);
+        outbox.refuse();
+
+        assert_eq!(outbox.put_back(&mut taken, &mut discards), 1);
+        assert_eq!(outbox.len(), (0, 0));
     }
 
     #[tokio::test]

@@ -259,6 +259,7 @@ impl Supervisor {
             shared.outbox.refuse();
             link.close(shared.config.close_timeout).await;
         }
+        link.put_back_unwritten();
         if link.in_flight() > 0 {
             report_discards(&shared, DiscardReason::LostInFlight, link.in_flight());
         }

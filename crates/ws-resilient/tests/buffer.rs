@@ -151,6 +151,77 @@ async fn ws_05_buffered_bytes_stay_bounded_while_the_socket_looks_open_but_nothi
 }
 
 #[tokio::test(start_paused = true)]
+async fn nothing_sent_on_a_stalled_connection_vanishes_unreported() {
+    // The first connection upgrades and then reads nothing, so the socket fills and
+    // messages wait unwritten; the pong deadline ends it, and the next connection reads.
+    let mut server = Server::start(|accepted| async move {
+        if accepted.index > 0 {
+            return record_texts(accepted).await;
+        }
+        let _ws = tokio_tungstenite::accept_async(accepted.tcp).await.unwrap();
+        std::future::pending::<()>().await;
+    })
+    .await;
+    let config = Config {
+        buffer: BufferConfig {
+            max_messages: 4_000,
+            max_bytes: 64 << 20,
+            overflow: Overflow::Reject,
+            max_age: None,
+        },
+        ping_interval: Some(Duration::from_secs(1)),
+        pong_timeout: Duration::from_secs(2),
+        ..config(Duration::from_millis(100))
+    };
+    let (client, _incoming) = Client::builder(server.url())
+        .config(config)
+        .build()
+        .unwrap();
+    wait_open(&client).await;
+
+    let sent = 2_000u64;
+    let padding = "x".repeat(16 << 10);
+    // All at once, so the client takes them from its buffer in large batches and part of a
+    // batch is still unwritten when the socket stops moving.
+    for n in 0..sent {
+        client.send(format!("{n:05}{padding}")).await.unwrap();
+    }
+
+    // Every message is either written to a socket or reported lost, and none twice.
+    let accounted = async {
+        loop {
+            let metrics = client.metrics();
+            if metrics.messages_sent + metrics.lost_in_flight >= sent {
+                return metrics;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let metrics = tokio::time::timeout(Duration::from_secs(60), accounted)
+        .await
+        .expect("every message accounted for");
+    assert_eq!(metrics.messages_sent + metrics.lost_in_flight, sent);
+    assert!(server.accepts() >= 2, "the stalled connection was replaced");
+    // Lost can only be what tungstenite held unwritten: at most its 4 MiB write buffer.
+    // Messages taken from the buffer but not yet handed to tungstenite went back to it.
+    assert!(
+        metrics.lost_in_flight <= (4 << 20) / (16 << 10) + 1,
+        "{} lost",
+        metrics.lost_in_flight
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut numbers = Vec::new();
+    while let Ok(text) = server.records.try_recv() {
+        numbers.push(text[..5].parse::<u64>().unwrap());
+    }
+    assert!(!numbers.is_empty());
+    assert!(
+        numbers.windows(2).all(|pair| pair[0] < pair[1]),
+        "in order, each once"
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn wait_policy_holds_the_sender_until_there_is_room() {
     let (client, proxy) = offline_client(Overflow::Wait).await;
     for n in 1..=3 {
