@@ -4,6 +4,9 @@
 //! The socket is not split into halves. Splitting puts a lock in front of every read and
 //! every write, which buys nothing when a single task does both; polling the directions
 //! one after the other in one `poll` keeps that cost off every message.
+//!
+//! Not yet: reads and writes share this one task, so where the echo is CPU-bound it moves
+//! about 0.85 of what a raw client with a reader task and a writer task moves on two cores.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -169,6 +172,7 @@ impl Link {
     ) -> Poll<Error> {
         // Received data first: while the application's queue is full, nothing is read and
         // the liveness check waits with it.
+        // Not yet: so the server's pings also wait for the application to read.
         if self.poll_hand_over(cx).is_ready() && self.ended.is_none() {
             self.poll_read(cx);
             if self.poll_hand_over(cx).is_ready()

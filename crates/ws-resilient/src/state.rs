@@ -108,7 +108,8 @@ pub enum DiscardReason {
     Expired,
     /// Flagged not to be replayed, and the connection they were meant for ended.
     NotReplayable,
-    /// Handed to a connection that failed before they were flushed.
+    /// Handed to a connection that failed before they were flushed, or taken for it and
+    /// then left without room to go back into the buffer.
     LostInFlight,
 }
 
