@@ -178,6 +178,11 @@ mod tests {
         }
     }
 
+    fn counting_waker() -> (Arc<Counter>, Waker) {
+        let counter = Arc::new(Counter::default());
+        (Arc::clone(&counter), Waker::from(counter))
+    }
+
     fn text(n: u32) -> Message {
         Message::text(n.to_string())
     }
@@ -193,8 +198,7 @@ mod tests {
     #[test]
     fn a_burst_wakes_the_waiting_reader_once_and_keeps_its_order() {
         let inbox = Inbox::new(10);
-        let reader = Arc::new(Counter::default());
-        let waker = Waker::from(Arc::clone(&reader));
+        let (reader, waker) = counting_waker();
         let cx = Context::from_waker(&waker);
         assert_eq!(take(&inbox, &cx, 10), Poll::Pending);
 
@@ -208,8 +212,7 @@ mod tests {
     #[test]
     fn a_full_queue_keeps_the_rest_with_the_writer_and_wakes_it_on_room() {
         let inbox = Inbox::new(2);
-        let writer = Arc::new(Counter::default());
-        let waker = Waker::from(Arc::clone(&writer));
+        let (writer, waker) = counting_waker();
         let cx = Context::from_waker(&waker);
         let mut left = messages(0..3);
 
