@@ -170,6 +170,7 @@ impl Builder {
             .as_str()
             .into_client_request()
             .map_err(|error| url_error(&error.to_string()))?;
+        crate::task::port_of(request.uri()).map_err(|why| url_error(&why))?;
         match request.uri().scheme_str() {
             Some("ws") => {}
             Some("wss") if cfg!(feature = "rustls") => {}
@@ -188,6 +189,11 @@ impl Builder {
             (config.max_write_buffer_size == 0, "max_write_buffer_size"),
             (config.connect_timeout.is_zero(), "connect_timeout"),
             (config.pong_timeout.is_zero(), "pong_timeout"),
+            (config.hook_timeout.is_zero(), "hook_timeout"),
+            (
+                config.buffer.max_age.is_some_and(|age| age.is_zero()),
+                "buffer.max_age",
+            ),
             (
                 config
                     .ping_interval
@@ -453,6 +459,8 @@ impl Drop for Incoming {
 #[derive(Debug, Clone)]
 pub struct HookSender {
     pub(crate) sender: mpsc::UnboundedSender<Message>,
+    /// [`Config::max_message_size`]: a larger message would fail the connection.
+    pub(crate) max_message_size: usize,
 }
 
 impl HookSender {
@@ -460,10 +468,20 @@ impl HookSender {
     ///
     /// # Errors
     ///
+    /// [`SendError::TooLarge`] if the message exceeds [`Config::max_message_size`];
     /// [`SendError::Closed`] if the connection is gone already.
     pub fn send(&self, message: impl Into<Message>) -> Result<(), SendError> {
+        let message = message.into();
+        let size = message.len();
+        if size > self.max_message_size {
+            return Err(SendError::TooLarge {
+                message,
+                size,
+                limit: self.max_message_size,
+            });
+        }
         self.sender
-            .send(message.into())
+            .send(message)
             .map_err(|error| SendError::Closed(error.0))
     }
 }

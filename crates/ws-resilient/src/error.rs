@@ -3,6 +3,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio_tungstenite::tungstenite;
+
 use crate::message::Message;
 
 /// A boxed error from application code (the request builder, the on-connect hook).
@@ -128,6 +130,28 @@ fn quick_suffix(quick_drops: bool) -> &'static str {
     }
 }
 
+impl Error {
+    /// The close code the client answers a protocol violation by the server with: 1007
+    /// for text that is not UTF-8, 1009 for a message over the size limit, 1002 for any
+    /// other broken framing. `None` for errors that are not the server's violation.
+    pub fn violation_code(&self) -> Option<u16> {
+        let Self::WebSocket(source) = self else {
+            return None;
+        };
+        match source.as_ref() {
+            tungstenite::Error::Utf8(_) => Some(1007),
+            tungstenite::Error::Capacity(_) => Some(1009),
+            tungstenite::Error::Protocol(
+                tungstenite::error::ProtocolError::ResetWithoutClosingHandshake
+                | tungstenite::error::ProtocolError::SendAfterClosing
+                | tungstenite::error::ProtocolError::ReceivedAfterClosing,
+            ) => None,
+            tungstenite::Error::Protocol(_) => Some(1002),
+            _ => None,
+        }
+    }
+}
+
 /// Why the client ended up closed for good.
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
@@ -141,6 +165,9 @@ pub enum CloseReason {
     /// Every `Client` handle was dropped.
     #[error("every client handle was dropped")]
     Dropped,
+    /// The client's task stopped without closing: its runtime shut down, or it panicked.
+    #[error("the client's task ended unexpectedly")]
+    Aborted,
 }
 
 impl CloseReason {

@@ -98,7 +98,7 @@ pub(crate) struct Link {
 impl Link {
     pub(crate) fn new(socket: Socket, shared: Arc<Shared>) -> Self {
         let ticker = shared.config.ping_interval.map(|interval| {
-            let mut ticker = tokio::time::interval_at(Instant::now() + interval, interval);
+            let mut ticker = tokio::time::interval_at(later(Instant::now(), interval), interval);
             ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
             ticker
         });
@@ -247,7 +247,7 @@ impl Link {
     fn read_error(&mut self, error: tungstenite::Error) -> Error {
         match self.close_code.take() {
             Some((code, reason)) => Error::Closed { code, reason },
-            None if matches!(error, tungstenite::Error::ConnectionClosed) => Error::Dropped,
+            None if is_drop(&error) => Error::Dropped,
             None => Error::WebSocket(Arc::new(error)),
         }
     }
@@ -287,7 +287,7 @@ impl Link {
                 let sent_at = Instant::now();
                 self.ping = Some((self.nonce, sent_at));
                 self.ping_out = Some(Bytes::copy_from_slice(&self.nonce.to_be_bytes()));
-                self.pong_deadline.as_mut().reset(sent_at + timeout);
+                self.pong_deadline.as_mut().reset(later(sent_at, timeout));
                 self.pong_due = true;
                 Counters::add(&self.shared.counters.pings, 1);
                 trace!(nonce = self.nonce, "ping");
@@ -442,6 +442,26 @@ impl Link {
 }
 
 impl Link {
+    /// Answers a protocol violation by the server with a close frame carrying `code`, within
+    /// `timeout`, without waiting for the server's answer.
+    pub(crate) async fn refuse(&mut self, code: u16, timeout: Duration) {
+        let frame = CloseFrame {
+            code: CloseCode::from(code),
+            reason: "".into(),
+        };
+        let sent = tokio::time::timeout(
+            timeout,
+            self.socket.send(tungstenite::Message::Close(Some(frame))),
+        )
+        .await;
+        if !matches!(sent, Ok(Ok(()))) {
+            debug!(
+                code,
+                "could not send the close frame for a protocol violation"
+            );
+        }
+    }
+
     /// Hands over what the application's queue has room for; the rest is counted unread.
     fn hand_over_without_waiting(&mut self) {
         let unread = match self.shared.inbox.push(&mut self.received, None) {
@@ -511,6 +531,31 @@ impl Copies {
             self.spare.pop_front();
         }
     }
+}
+
+/// Whether `error` is the connection ending without a close frame: a clean end of the TCP
+/// stream, a reset, or a broken pipe.
+fn is_drop(error: &tungstenite::Error) -> bool {
+    use std::io::ErrorKind;
+    match error {
+        tungstenite::Error::ConnectionClosed
+        | tungstenite::Error::Protocol(ProtocolError::ResetWithoutClosingHandshake) => true,
+        tungstenite::Error::Io(io) => matches!(
+            io.kind(),
+            ErrorKind::ConnectionReset
+                | ErrorKind::ConnectionAborted
+                | ErrorKind::BrokenPipe
+                | ErrorKind::UnexpectedEof
+        ),
+        _ => false,
+    }
+}
+
+/// `at + wait`, or a moment decades away when that does not fit: a huge setting means
+/// "practically never", not a panic in the socket task.
+fn later(at: Instant, wait: Duration) -> Instant {
+    const DECADES: Duration = Duration::from_secs(30 * 365 * 24 * 60 * 60);
+    at.checked_add(wait).unwrap_or_else(|| at + DECADES)
 }
 
 pub(crate) fn report_discards(shared: &Shared, reason: DiscardReason, count: u64) {

@@ -26,9 +26,21 @@ use crate::state::{Counters, DiscardReason, Event, State};
 pub(crate) type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// Runs the client until it is closed, stopped by a rule, or abandoned.
-pub(crate) async fn run(shared: Arc<Shared>, request: RequestFn, hook: Option<HookFn>) {
-    // However this task ends, even dropped with its runtime, the reader learns of it.
-    let _inbox = CloseSending(Arc::clone(&shared));
+pub(crate) fn run(
+    shared: Arc<Shared>,
+    request: RequestFn,
+    hook: Option<HookFn>,
+) -> impl Future<Output = ()> {
+    // However this task ends, even dropped with its runtime before it first ran, or by a
+    // panic, the handles learn of it: the guard exists before the future is first polled.
+    let close_on_exit = CloseOnExit(Arc::clone(&shared));
+    async move {
+        let _close_on_exit = close_on_exit;
+        supervise(shared, request, hook).await;
+    }
+}
+
+async fn supervise(shared: Arc<Shared>, request: RequestFn, hook: Option<HookFn>) {
     let mut supervisor = Supervisor {
         shared: Arc::clone(&shared),
         request,
@@ -43,7 +55,11 @@ pub(crate) async fn run(shared: Arc<Shared>, request: RequestFn, hook: Option<Ho
         since: None,
     };
     let reason = supervisor.run().await;
+    finish(&shared, reason);
+}
 
+/// Refuses further messages and publishes the final state.
+fn finish(shared: &Shared, reason: CloseReason) {
     shared.outbox.set_open(None);
     shared.outbox.refuse();
     debug!(?reason, "closed");
@@ -51,11 +67,16 @@ pub(crate) async fn run(shared: Arc<Shared>, request: RequestFn, hook: Option<Ho
     shared.emit(Event::Closed(reason));
 }
 
-/// Ends the inbox's sending side when dropped.
-struct CloseSending(Arc<Shared>);
+/// Ends the client when the socket task goes: the reader gets the end of its messages, and
+/// a task that went without closing (its runtime shut down, or it panicked) leaves the
+/// client closed rather than stuck in its last state.
+struct CloseOnExit(Arc<Shared>);
 
-impl Drop for CloseSending {
+impl Drop for CloseOnExit {
     fn drop(&mut self) {
+        if !self.0.state.borrow().is_closed() {
+            finish(&self.0, CloseReason::Aborted);
+        }
         self.0.inbox.close_sending();
     }
 }
@@ -160,7 +181,12 @@ impl Supervisor {
         let action = match error {
             Error::Closed { code, .. } => rules.for_close(*code),
             Error::Rejected { status, .. } => rules.for_status(*status),
-            _ => Action::Retry,
+            // A server that breaks the protocol is judged as if it had closed with the
+            // code the client answered it with.
+            other => match other.violation_code() {
+                Some(code) => rules.for_close(code),
+                None => Action::Retry,
+            },
         };
         if action == Action::Stop {
             return Next::Stop(CloseReason::Terminal(error.clone()));
@@ -227,7 +253,10 @@ impl Supervisor {
 
         let hook = run_hook(
             self.hook.clone(),
-            HookSender { sender: hook_tx },
+            HookSender {
+                sender: hook_tx,
+                max_message_size: shared.config.max_message_size,
+            },
             shared.config.hook_timeout,
         );
         tokio::pin!(hook);
@@ -258,6 +287,11 @@ impl Supervisor {
             shared.state.send_replace(State::Closing);
             shared.outbox.refuse();
             link.close(shared.config.close_timeout).await;
+        }
+        if let Ended::Failed { error, .. } = &ended
+            && let Some(code) = error.violation_code()
+        {
+            link.refuse(code, shared.config.close_timeout).await;
         }
         link.put_back_unwritten();
         if link.in_flight() > 0 {
@@ -311,14 +345,13 @@ async fn handshake(
     ws_config: WebSocketConfig,
 ) -> Result<Socket, Error> {
     let uri = request.uri();
-    let secure = uri.scheme_str() == Some("wss");
     let host = uri
         .host()
         .unwrap_or_default()
         .trim_start_matches('[')
         .trim_end_matches(']')
         .to_owned();
-    let port = uri.port_u16().unwrap_or(if secure { 443 } else { 80 });
+    let port = port_of(uri).map_err(|why| Error::Request(Arc::new(why.into())))?;
     trace!(%host, port, "connecting");
 
     let tcp = TcpStream::connect((host.as_str(), port))
@@ -347,6 +380,33 @@ async fn handshake(
     .await;
 
     upgraded.map(|(socket, _)| socket).map_err(upgrade_error)
+}
+
+/// The port to connect to: the one the URL names, or the scheme's default when it names
+/// none. A port that is not a number from 1 to 65535 is an error, not a reason to fall
+/// back to the default.
+pub(crate) fn port_of(uri: &http::Uri) -> Result<u16, String> {
+    let default = if uri.scheme_str() == Some("wss") {
+        443
+    } else {
+        80
+    };
+    let authority = uri.authority().map_or("", |authority| authority.as_str());
+    let host_and_port = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, rest)| rest);
+    // An IPv6 host is bracketed, and its colons are not a port separator.
+    let after_host = host_and_port
+        .rsplit_once(']')
+        .map_or(host_and_port, |(_, rest)| rest);
+    match after_host.rsplit_once(':') {
+        None | Some((_, "")) => Ok(default),
+        Some((_, digits)) => digits
+            .parse::<u16>()
+            .ok()
+            .filter(|port| *port != 0)
+            .ok_or_else(|| format!("the port {digits:?} is not a number from 1 to 65535")),
+    }
 }
 
 fn upgrade_error(error: tungstenite::Error) -> Error {

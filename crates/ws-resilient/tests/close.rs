@@ -356,3 +356,39 @@ async fn dropping_every_handle_closes_the_connection() {
     assert_eq!(server.take(1).await, ["ended with Some(1000)"]);
     assert_eq!(incoming.recv().await, None);
 }
+
+#[test]
+fn a_client_whose_runtime_shuts_down_ends_closed() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (client, _incoming) = runtime.block_on(async {
+        Client::builder(format!("ws://{}", dead_port()))
+            .build()
+            .unwrap()
+    });
+
+    drop(runtime);
+
+    let other = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    other.block_on(async {
+        let reason = tokio::time::timeout(Duration::from_secs(5), client.closed())
+            .await
+            .expect("closed, not stuck");
+        assert!(matches!(reason, CloseReason::Aborted), "{reason:?}");
+        assert!(matches!(
+            client.send("late").await,
+            Err(SendError::Closed(_))
+        ));
+    });
+}
+
+/// A loopback address nothing listens on.
+fn dead_port() -> std::net::SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap()
+}

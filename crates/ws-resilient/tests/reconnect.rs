@@ -6,13 +6,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+use futures_util::SinkExt;
 use futures_util::StreamExt;
 use steadfast_testkit::{Fault, FaultProxy};
-use steadfast_ws_resilient::{BoxError, Client, Config, Error, Event, IntoClientRequest, State};
+use steadfast_ws_resilient::{
+    BoxError, Client, Config, Error, Event, IntoClientRequest, SendError, State,
+};
 use support::{Server, config, record_texts, wait_not_open, wait_open};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message as Frame;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 
 #[tokio::test(start_paused = true)]
 async fn a_hundred_server_drops_give_a_hundred_reconnects_with_in_order_delivery() {
@@ -133,6 +137,8 @@ async fn a_reset_connection_is_replaced() {
         .unwrap();
     wait_open(&client).await;
 
+    let mut events = client.events();
+
     proxy.set_fault_for_live(Fault::Reset);
     wait_not_open(&client).await;
     wait_open(&client).await;
@@ -140,6 +146,12 @@ async fn a_reset_connection_is_replaced() {
 
     assert_eq!(server.take(1).await, ["after"]);
     assert_eq!(proxy.stats().connections_accepted, 2);
+    let dropped = loop {
+        if let Some(Event::Disconnected { error }) = events.next().await {
+            break error;
+        }
+    };
+    assert!(matches!(dropped, Error::Dropped), "{dropped:?}");
 }
 
 #[tokio::test(start_paused = true)]
@@ -281,7 +293,23 @@ async fn bad_settings_are_refused_at_build() {
         .build()
         .unwrap_err();
 
+    let bad_port = Client::builder("ws://127.0.0.1:99999/")
+        .build()
+        .unwrap_err();
+    let zero_hook_timeout = Client::builder("ws://127.0.0.1:1")
+        .config(Config {
+            hook_timeout: Duration::ZERO,
+            ..Config::default()
+        })
+        .build()
+        .unwrap_err();
+
     assert!(no_scheme.to_string().contains("ws or wss"), "{no_scheme}");
+    assert!(bad_port.to_string().contains("99999"), "{bad_port}");
+    assert_eq!(
+        zero_hook_timeout.to_string(),
+        "hook_timeout must be greater than zero"
+    );
     assert_eq!(
         zero.to_string(),
         "inbound_capacity must be greater than zero"
@@ -396,4 +424,104 @@ async fn try_again_later_waits_at_least_five_seconds() {
 
     let times = server.accept_times();
     assert_eq!(times[1] - times[0], Duration::from_secs(5));
+}
+
+#[tokio::test(start_paused = true)]
+async fn huge_timer_settings_mean_never_rather_than_a_crash() {
+    let mut server = Server::start(record_texts).await;
+    for config in [
+        Config {
+            ping_interval: Some(Duration::MAX),
+            ..config(Duration::from_millis(100))
+        },
+        Config {
+            ping_interval: Some(Duration::from_secs(1)),
+            pong_timeout: Duration::MAX,
+            ..config(Duration::from_millis(100))
+        },
+    ] {
+        let (client, _incoming) = Client::builder(server.url())
+            .config(config)
+            .build()
+            .unwrap();
+        wait_open(&client).await;
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        client.send("still here").await.unwrap();
+
+        assert_eq!(server.take(1).await, ["still here"]);
+        assert!(client.current_state().is_open());
+        client.close().await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_hook_cannot_send_a_message_over_the_size_limit() {
+    let server = Server::start(record_texts).await;
+    let (hook_result_tx, mut hook_result) = tokio::sync::mpsc::unbounded_channel();
+    let (client, _incoming) = Client::builder(server.url())
+        .config(Config {
+            max_message_size: 1024,
+            ..config(Duration::from_millis(100))
+        })
+        .on_connect(move |hook| {
+            let results = hook_result_tx.clone();
+            async move {
+                let _ = results.send(hook.send(vec![0u8; 4096]));
+                Ok(())
+            }
+        })
+        .build()
+        .unwrap();
+    wait_open(&client).await;
+
+    let refused = hook_result.recv().await.unwrap().unwrap_err();
+    assert!(
+        matches!(
+            refused,
+            SendError::TooLarge {
+                size: 4096,
+                limit: 1024,
+                ..
+            }
+        ),
+        "{refused:?}"
+    );
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(server.accepts(), 1, "the connection was not failed by it");
+}
+
+#[tokio::test(start_paused = true)]
+async fn text_that_is_not_utf8_is_answered_with_1007_and_stops_the_client() {
+    let (codes_tx, mut codes) = tokio::sync::mpsc::unbounded_channel();
+    let server = Server::start(move |accepted| {
+        let codes = codes_tx.clone();
+        async move {
+            let mut ws = tokio_tungstenite::accept_async(accepted.tcp).await.unwrap();
+            let broken = Frame::Frame(
+                tokio_tungstenite::tungstenite::protocol::frame::Frame::message(
+                    vec![0xff, 0xfe],
+                    OpCode::Data(Data::Text),
+                    true,
+                ),
+            );
+            ws.send(broken).await.unwrap();
+            while let Some(Ok(frame)) = ws.next().await {
+                if let Frame::Close(Some(close)) = frame {
+                    let _ = codes.send(u16::from(close.code));
+                }
+            }
+        }
+    })
+    .await;
+    let (client, _incoming) = Client::builder(server.url())
+        .config(config(Duration::from_millis(100)))
+        .build()
+        .unwrap();
+
+    let reason = client.closed().await;
+
+    assert_eq!(codes.recv().await, Some(1007));
+    let error = reason.error().expect("a terminal error");
+    assert_eq!(error.violation_code(), Some(1007), "{error:?}");
+    assert_eq!(server.accepts(), 1);
 }
