@@ -41,8 +41,8 @@ pub enum Error {
         retry_after: Option<Duration>,
     },
     /// The WebSocket layer (handshake, TLS, protocol or I/O) failed.
-    #[error("websocket failure")]
-    WebSocket(#[source] Arc<tokio_tungstenite::tungstenite::Error>),
+    #[error("websocket failure: {0}")]
+    WebSocket(Arc<tokio_tungstenite::tungstenite::Error>),
     /// The server closed the connection with a close frame.
     #[error(
         "the server closed the connection with code {code}{}",
@@ -160,8 +160,8 @@ pub enum CloseReason {
     #[error("closed at the application's request")]
     Requested,
     /// A rule said stop (a terminal close code or handshake status), or the backoff gave up.
-    #[error("closed for good")]
-    Terminal(#[source] Error),
+    #[error("closed for good: {0}")]
+    Terminal(Error),
     /// Every `Client` handle was dropped.
     #[error("every client handle was dropped")]
     Dropped,
@@ -230,8 +230,8 @@ pub enum BuildError {
         why: String,
     },
     /// The backoff policy breaks one of its rules.
-    #[error("invalid backoff policy")]
-    Backoff(#[source] steadfast_backoff::BuildError),
+    #[error("invalid backoff policy: {0}")]
+    Backoff(steadfast_backoff::BuildError),
     /// A limit that must be positive is zero.
     #[error("{0} must be greater than zero")]
     Zero(&'static str),

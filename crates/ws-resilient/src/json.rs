@@ -28,8 +28,8 @@ pub enum JsonSendError {
     #[error("could not serialize the message")]
     Serialize(#[source] serde_json::Error),
     /// The serialized message was not queued.
-    #[error("could not queue the message")]
-    Send(#[source] SendError),
+    #[error("could not queue the message: {0}")]
+    Send(SendError),
 }
 
 impl Incoming {
