@@ -96,6 +96,6 @@ pub use outbox::Sent;
 #[cfg(feature = "rustls")]
 pub use rustls;
 pub use state::{DiscardReason, Event, Events, Metrics, State};
-pub use steadfast_backoff::{Backoff, Jitter};
+pub use steadfast_backoff::{Backoff, CapMode, Jitter};
 pub use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 pub use tokio_util::sync::CancellationToken;
