@@ -201,10 +201,15 @@ impl Builder {
                 "ping_interval",
             ),
         ];
-        match zero_checks.into_iter().find(|(zero, _)| *zero) {
-            Some((_, name)) => Err(BuildError::Zero(name)),
-            None => Ok(()),
+        if let Some((_, name)) = zero_checks.into_iter().find(|(zero, _)| *zero) {
+            return Err(BuildError::Zero(name));
         }
+        if config.write_buffer_size >= config.max_write_buffer_size {
+            return Err(BuildError::Conflict(
+                "write_buffer_size must be smaller than max_write_buffer_size",
+            ));
+        }
+        Ok(())
     }
 }
 

@@ -50,7 +50,7 @@ pub struct Config {
     /// Bytes gathered before a write reaches the socket (default 128 KiB).
     pub write_buffer_size: usize,
     /// The most bytes waiting to be written before writes fail (default 4 MiB; unbounded in
-    /// tungstenite).
+    /// tungstenite). Must be larger than `write_buffer_size`.
     pub max_write_buffer_size: usize,
     /// Seed for the jitter RNG, for reproducible schedules in tests; `None` seeds from the
     /// operating system.

@@ -235,6 +235,9 @@ pub enum BuildError {
     /// A limit that must be positive is zero.
     #[error("{0} must be greater than zero")]
     Zero(&'static str),
+    /// Two settings contradict each other; the message says which and how.
+    #[error("{0}")]
+    Conflict(&'static str),
     /// `build` was called outside a tokio runtime, where the client's task cannot run.
     #[error("build must be called within a tokio runtime")]
     NoRuntime,

@@ -314,11 +314,8 @@ fn ws_config(config: &Config) -> WebSocketConfig {
         .max_message_size(Some(config.max_message_size))
         .max_frame_size(Some(config.max_frame_size))
         .write_buffer_size(config.write_buffer_size)
-        .max_write_buffer_size(
-            config
-                .max_write_buffer_size
-                .max(config.write_buffer_size + 1),
-        )
+        // `build` refused a write buffer not smaller than its maximum, which would panic.
+        .max_write_buffer_size(config.max_write_buffer_size)
 }
 
 /// One attempt: a fresh request, TCP, TLS and the upgrade, all within the connect timeout.

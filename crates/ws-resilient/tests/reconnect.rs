@@ -10,7 +10,7 @@ use futures_util::SinkExt;
 use futures_util::StreamExt;
 use steadfast_testkit::{Fault, FaultProxy};
 use steadfast_ws_resilient::{
-    BoxError, Client, Config, Error, Event, IntoClientRequest, SendError, State,
+    BoxError, BuildError, Client, Config, Error, Event, IntoClientRequest, SendError, State,
 };
 use support::{Server, config, record_texts, wait_not_open, wait_open};
 use tokio::time::Instant;
@@ -305,7 +305,17 @@ async fn bad_settings_are_refused_at_build() {
         .unwrap_err();
 
     assert!(no_scheme.to_string().contains("ws or wss"), "{no_scheme}");
+    let buffers = Client::builder("ws://127.0.0.1:1")
+        .config(Config {
+            write_buffer_size: 1 << 20,
+            max_write_buffer_size: 1 << 20,
+            ..Config::default()
+        })
+        .build()
+        .unwrap_err();
+
     assert!(bad_port.to_string().contains("99999"), "{bad_port}");
+    assert!(matches!(buffers, BuildError::Conflict(_)), "{buffers}");
     assert_eq!(
         zero_hook_timeout.to_string(),
         "hook_timeout must be greater than zero"
