@@ -17,7 +17,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use steadfast_jobqueue::{Job, JobContext, JobError, JobState, Queue, SqliteStore, Store};
+use steadfast_jobqueue::{Job, JobContext, JobError, Queue, SqliteStore, Store};
 use tokio_util::sync::CancellationToken;
 
 /// The job the crash tests enqueue.
@@ -110,15 +110,7 @@ async fn run(
     loop {
         tokio::time::sleep(Duration::from_millis(100)).await;
         let stats = queue.store().stats().await?;
-        let active: u64 = [
-            JobState::Scheduled,
-            JobState::Available,
-            JobState::Running,
-            JobState::Retryable,
-        ]
-        .into_iter()
-        .map(|s| stats.count(s))
-        .sum();
+        let active = stats.active();
         if active == 0 {
             break;
         }

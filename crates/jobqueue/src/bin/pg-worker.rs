@@ -270,15 +270,7 @@ async fn wait_until_drained(store: &PostgresStore, expect: u64) -> Result<(), St
             Err(e) if e.is_transient() => continue,
             Err(e) => return Err(e),
         };
-        let active: u64 = [
-            JobState::Scheduled,
-            JobState::Available,
-            JobState::Running,
-            JobState::Retryable,
-        ]
-        .into_iter()
-        .map(|s| stats.count(s))
-        .sum();
+        let active = stats.active();
         let finished: u64 = [JobState::Completed, JobState::Dead]
             .into_iter()
             .map(|s| stats.count(s))

@@ -243,6 +243,16 @@ impl QueueStats {
     pub fn count(&self, state: JobState) -> u64 {
         self.depth.get(&state).copied().unwrap_or(0)
     }
+
+    /// The number of jobs that may yet run ([`JobState::is_active`]): when it reaches
+    /// zero, everything enqueued so far has finished one way or another.
+    pub fn active(&self) -> u64 {
+        self.depth
+            .iter()
+            .filter(|(state, _)| state.is_active())
+            .map(|(_, count)| count)
+            .sum()
+    }
 }
 
 /// The outcome of a batch of completions: the state each job moved to, or
