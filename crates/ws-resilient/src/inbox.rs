@@ -74,7 +74,13 @@ impl Inbox {
 
         let room = self.capacity.saturating_sub(queue.messages.len());
         let moved = room.min(messages.len());
-        queue.messages.extend(messages.drain(..moved));
+        if queue.messages.is_empty() && moved == messages.len() {
+            // The reader has caught up: the whole burst changes hands without a copy, and
+            // the caller gets the reader's emptied buffer to fill next.
+            std::mem::swap(&mut queue.messages, messages);
+        } else {
+            queue.messages.extend(messages.drain(..moved));
+        }
         let reader = if moved > 0 { queue.reader.take() } else { None };
         let pushed = if messages.is_empty() {
             Pushed::All

@@ -4,6 +4,7 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use futures_util::task::AtomicWaker;
 use tokio::sync::Notify;
@@ -43,6 +44,8 @@ pub(crate) struct Entry {
 struct Queue {
     entries: VecDeque<Entry>,
     bytes: usize,
+    /// Entries meant for one connection only, which a take must look at one by one.
+    pinned: usize,
     closed: bool,
     /// The connection currently open (hook done), if any.
     open: Option<u64>,
@@ -73,6 +76,7 @@ impl Outbox {
             queue: Mutex::new(Queue {
                 entries: VecDeque::new(),
                 bytes: 0,
+                pinned: 0,
                 closed: false,
                 open: None,
             }),
@@ -145,6 +149,7 @@ impl Outbox {
                             break;
                         };
                         queue.bytes -= oldest.message.len();
+                        queue.pinned -= usize::from(oldest.only_on.is_some());
                         dropped.push(oldest.message);
                     }
                 }
@@ -152,6 +157,7 @@ impl Outbox {
         }
 
         queue.bytes += size;
+        queue.pinned += usize::from(only_on.is_some());
         queue.entries.push_back(Entry {
             message,
             queued_at,
@@ -186,25 +192,11 @@ impl Outbox {
     ) {
         let expired_before = self.config.max_age.map(|age| (Instant::now(), age));
         let mut queue = self.lock();
-        let mut taken = 0;
-
-        while taken < max {
-            let Some(entry) = queue.entries.pop_front() else {
-                break;
-            };
-            queue.bytes -= entry.message.len();
-            if let (Some((now, age)), Some(queued_at)) = (expired_before, entry.queued_at)
-                && now.duration_since(queued_at) > age
-            {
-                discards.expired += 1;
-                continue;
-            }
-            if entry.only_on.is_some() && entry.only_on != queue.open {
-                discards.not_replayable += 1;
-                continue;
-            }
-            batch.push_back(entry);
-            taken += 1;
+        if expired_before.is_none() && queue.pinned == 0 {
+            // Nothing can be discarded: the batch moves in bulk.
+            take_all(&mut queue, batch, max);
+        } else {
+            take_each(&mut queue, batch, max, expired_before, discards);
         }
         drop(queue);
 
@@ -268,6 +260,7 @@ impl Outbox {
         let mut queue = self.lock();
         queue.closed = true;
         queue.bytes = 0;
+        queue.pinned = 0;
         let left = queue.entries.drain(..).map(|entry| entry.message).collect();
         drop(queue);
 
@@ -284,6 +277,54 @@ impl Outbox {
     fn lock(&self) -> MutexGuard<'_, Queue> {
         // Every critical section leaves the queue consistent, so a poisoned lock is usable.
         self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Moves up to `max` entries from the front of `queue` to `batch`.
+fn take_all(queue: &mut Queue, batch: &mut VecDeque<Entry>, max: usize) {
+    if batch.is_empty() && queue.entries.len() <= max {
+        std::mem::swap(&mut queue.entries, batch);
+        queue.bytes = 0;
+        return;
+    }
+    let taken = max.min(queue.entries.len());
+    let bytes: usize = queue
+        .entries
+        .range(..taken)
+        .map(|entry| entry.message.len())
+        .sum();
+    queue.bytes -= bytes;
+    batch.extend(queue.entries.drain(..taken));
+}
+
+/// Moves up to `max` sendable entries from the front of `queue` to `batch`, one by one,
+/// counting the expired and the ones meant for another connection.
+fn take_each(
+    queue: &mut Queue,
+    batch: &mut VecDeque<Entry>,
+    max: usize,
+    expired_before: Option<(Instant, Duration)>,
+    discards: &mut Discards,
+) {
+    let mut taken = 0;
+    while taken < max {
+        let Some(entry) = queue.entries.pop_front() else {
+            break;
+        };
+        queue.bytes -= entry.message.len();
+        queue.pinned -= usize::from(entry.only_on.is_some());
+        if let (Some((now, age)), Some(queued_at)) = (expired_before, entry.queued_at)
+            && now.duration_since(queued_at) > age
+        {
+            discards.expired += 1;
+            continue;
+        }
+        if entry.only_on.is_some() && entry.only_on != queue.open {
+            discards.not_replayable += 1;
+            continue;
+        }
+        batch.push_back(entry);
+        taken += 1;
     }
 }
 
@@ -452,6 +493,43 @@ mod tests {
                 not_replayable: 0
             }
         );
+    }
+
+    #[tokio::test]
+    async fn takes_in_bulk_and_one_by_one_keep_order_and_counts() {
+        let outbox = outbox(3, 1024, Overflow::DropOldest);
+        let mut batch = VecDeque::new();
+        let mut discards = Discards::default();
+        let messages = |batch: &mut VecDeque<Entry>| -> Vec<Message> {
+            batch.drain(..).map(|entry| entry.message).collect()
+        };
+
+        // The only message meant for one connection is dropped to make room.
+        outbox.set_open(Some(1));
+        outbox.push(text(1), false).await.unwrap();
+        for n in 2..=4 {
+            outbox.push(text(n), true).await.unwrap();
+        }
+        outbox.take_batch(&mut batch, 2, &mut discards);
+        assert_eq!(messages(&mut batch), vec![text(2), text(3)]);
+        assert_eq!(outbox.len(), (1, 1));
+
+        // One meant for this connection and one for the last: the latter is discarded.
+        outbox.push(text(5), false).await.unwrap();
+        outbox.set_open(Some(2));
+        outbox.push(text(6), false).await.unwrap();
+        outbox.take_batch(&mut batch, 10, &mut discards);
+        assert_eq!(messages(&mut batch), vec![text(4), text(6)]);
+        assert_eq!(outbox.len(), (0, 0));
+        assert_eq!(discards.not_replayable, 1);
+
+        // Nothing left to filter: the whole queue changes hands.
+        outbox.push(text(7), true).await.unwrap();
+        outbox.push(text(8), true).await.unwrap();
+        outbox.take_batch(&mut batch, 10, &mut discards);
+        assert_eq!(messages(&mut batch), vec![text(7), text(8)]);
+        assert_eq!(outbox.len(), (0, 0));
+        assert_eq!(discards.not_replayable, 1);
     }
 
     #[tokio::test]
