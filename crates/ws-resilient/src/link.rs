@@ -5,8 +5,10 @@
 //! every write, which buys nothing when a single task does both; polling the directions
 //! one after the other in one `poll` keeps that cost off every message.
 //!
-//! Not yet: reads and writes share this one task, so where the echo is CPU-bound it moves
-//! about 0.85 of what a raw client with a reader task and a writer task moves on two cores.
+//! Not yet: the hand-offs through the outbox and the inbox and the copies of received
+//! payloads cost about 14% more instructions per small echoed message (server included)
+//! than a raw client does, so a CPU-bound echo on two cores moves about 0.85 of what the
+//! raw client moves.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
