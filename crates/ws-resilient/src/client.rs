@@ -495,7 +495,7 @@ impl HookSender {
 /// process default: a process whose dependencies enable more than one rustls provider has
 /// no default, and rustls would panic on the first `wss://` connect.
 #[cfg(feature = "rustls")]
-fn default_tls() -> Arc<rustls::ClientConfig> {
+pub(crate) fn default_tls() -> Arc<rustls::ClientConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let roots = rustls::RootCertStore {
         roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),

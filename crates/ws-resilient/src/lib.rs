@@ -84,6 +84,7 @@ mod message;
 mod outbox;
 mod state;
 mod task;
+mod wire;
 
 pub use client::{Builder, Client, HookSender, Incoming, Request};
 pub use config::{Action, BufferConfig, Config, Overflow, Rules};

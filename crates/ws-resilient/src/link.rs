@@ -18,6 +18,8 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, Interval, MissedTickBehavior, Sleep};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -32,6 +34,7 @@ use crate::message::Message;
 use crate::outbox::{Discards, Entry};
 use crate::state::{Counters, DiscardReason};
 use crate::task::Socket;
+use crate::wire;
 
 /// Most messages taken from the outbox under one lock.
 const OUTBOX_BATCH: usize = 1024;
@@ -74,6 +77,8 @@ pub(crate) struct Link {
     ping_out: Option<Bytes>,
     /// Messages taken (from the outbox or the hook) whose flush has not succeeded yet.
     in_flight: u64,
+    /// Of those, the ones framed into the wire since the last successful flush.
+    unconfirmed: u64,
     /// Whether frames were fed since the last successful flush.
     unflushed: bool,
     /// Set when a write failed because the peer's close arrived first: the read side has
@@ -87,6 +92,9 @@ pub(crate) struct Link {
     ended: Option<Error>,
     /// The close frame the peer sent, if any.
     close_code: Option<(u16, String)>,
+
+    /// Masking keys for outgoing frames, which must be unpredictable to the network.
+    masks: StdRng,
 
     ticker: Option<Interval>,
     /// The unanswered ping: its nonce and when it went out.
@@ -113,12 +121,14 @@ impl Link {
             outbox_more: false,
             ping_out: None,
             in_flight: 0,
+            unconfirmed: 0,
             unflushed: false,
             write_closed: false,
             received: VecDeque::new(),
             copies: Copies::default(),
             ended: None,
             close_code: None,
+            masks: StdRng::from_rng(&mut rand::rng()),
             ticker,
             ping: None,
             nonce: 0,
@@ -302,30 +312,32 @@ impl Link {
         Poll::Pending
     }
 
-    /// Feeds pings, the hook's messages and then buffered messages, and flushes once.
-    /// Ready only on failure.
+    /// Frames pings, the hook's messages and then buffered messages into the wire, and
+    /// flushes once. Ready only on failure.
     fn poll_write(
         &mut self,
         cx: &mut Context<'_>,
         hook: &mut mpsc::UnboundedReceiver<Message>,
     ) -> Poll<Error> {
-        if self.write_closed {
+        // After the peer's close frame nothing more may be sent; tungstenite answers it.
+        if self.write_closed || self.close_code.is_some() {
             return Poll::Pending;
         }
 
         let mut fed = 0;
         while fed < MAX_FED {
-            match Pin::new(&mut self.socket).poll_ready(cx) {
-                Poll::Ready(Ok(())) => {}
-                Poll::Ready(Err(error)) => return self.write_failed(error),
-                Poll::Pending => break,
+            let wire = self.socket.get_mut();
+            if wire.queued() >= self.shared.config.write_buffer_size {
+                match wire.poll_drain(cx) {
+                    Poll::Ready(Ok(())) => {}
+                    Poll::Ready(Err(error)) => return self.write_failed(error.into()),
+                    Poll::Pending => break,
+                }
             }
-            let Some(frame) = self.next_frame(cx, hook) else {
+            let Some((opcode, payload)) = self.next_frame(cx, hook) else {
                 break;
             };
-            if let Err(error) = Pin::new(&mut self.socket).start_send(frame) {
-                return self.write_failed(error);
-            }
+            self.push_frame(opcode, &payload);
             self.unflushed = true;
             fed += 1;
         }
@@ -335,11 +347,11 @@ impl Link {
         }
 
         if self.unflushed {
+            // Through tungstenite, so an answer it owes the server goes out too.
             match Pin::new(&mut self.socket).poll_flush(cx) {
                 Poll::Ready(Ok(())) => {
                     self.unflushed = false;
-                    Counters::add(&self.shared.counters.messages_sent, self.in_flight);
-                    self.in_flight = 0;
+                    self.confirm_written();
                 }
                 Poll::Ready(Err(error)) => return self.write_failed(error),
                 Poll::Pending => {}
@@ -348,20 +360,22 @@ impl Link {
         Poll::Pending
     }
 
-    /// The next frame to write, registering for a wake-up when there is none.
+    /// The next frame to write, as its opcode and payload, registering for a wake-up when
+    /// there is none.
     fn next_frame(
         &mut self,
         cx: &mut Context<'_>,
         hook: &mut mpsc::UnboundedReceiver<Message>,
-    ) -> Option<tungstenite::Message> {
+    ) -> Option<(u8, Bytes)> {
         if let Some(payload) = self.ping_out.take() {
-            return Some(tungstenite::Message::Ping(payload));
+            // Not a message: `push_frame` does not count it.
+            return Some((wire::PING, payload));
         }
         if self.hook_open {
             match hook.poll_recv(cx) {
                 Poll::Ready(Some(message)) => {
                     self.in_flight += 1;
-                    return Some(message.into_frame());
+                    return Some(message.into_frame_parts());
                 }
                 // Every `HookSender` is gone: nothing more can come this way.
                 Poll::Ready(None) => self.hook_open = false,
@@ -374,13 +388,29 @@ impl Link {
 
         loop {
             if let Some(entry) = self.outgoing.pop_front() {
-                return Some(entry.message.into_frame());
+                return Some(entry.message.into_frame_parts());
             }
             if !self.outbox_more && self.shared.outbox.ready.poll_signalled(cx).is_pending() {
                 return None;
             }
             self.take_from_outbox();
         }
+    }
+
+    /// Frames one message or ping into the wire, masked as a client must.
+    fn push_frame(&mut self, opcode: u8, payload: &[u8]) {
+        if opcode != wire::PING {
+            self.unconfirmed += 1;
+        }
+        let mask = self.masks.random();
+        self.socket.get_mut().push_frame(opcode, payload, mask);
+    }
+
+    /// Counts the messages framed since the last flush as sent, now that one succeeded.
+    fn confirm_written(&mut self) {
+        Counters::add(&self.shared.counters.messages_sent, self.unconfirmed);
+        self.in_flight -= self.unconfirmed;
+        self.unconfirmed = 0;
     }
 
     fn take_from_outbox(&mut self) {
@@ -418,10 +448,13 @@ impl Link {
     /// frame was flushed.
     pub(crate) async fn close(&mut self, timeout: Duration) {
         self.hand_over_without_waiting();
-        let handshake = async {
+        if !self.write_closed && self.close_code.is_none() {
             while let Some(entry) = self.outgoing.pop_front() {
-                self.socket.feed(entry.message.into_frame()).await?;
+                let (opcode, payload) = entry.message.into_frame_parts();
+                self.push_frame(opcode, &payload);
             }
+        }
+        let handshake = async {
             let frame = CloseFrame {
                 code: CloseCode::Normal,
                 reason: "".into(),
@@ -429,9 +462,8 @@ impl Link {
             self.socket
                 .send(tungstenite::Message::Close(Some(frame)))
                 .await?;
-            // The close frame went out behind everything fed before it.
-            Counters::add(&self.shared.counters.messages_sent, self.in_flight);
-            self.in_flight = 0;
+            // The close frame went out behind everything framed before it.
+            self.confirm_written();
             while let Some(Ok(_)) = self.socket.next().await {}
             Ok::<(), tungstenite::Error>(())
         };

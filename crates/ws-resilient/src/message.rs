@@ -1,7 +1,6 @@
 //! Application messages: text or binary, nothing else.
 
 use bytes::Bytes;
-use tokio_tungstenite::tungstenite;
 
 pub use tokio_tungstenite::tungstenite::Utf8Bytes;
 
@@ -55,10 +54,11 @@ impl Message {
         }
     }
 
-    pub(crate) fn into_frame(self) -> tungstenite::Message {
+    /// The opcode and payload of the data frame that carries this message.
+    pub(crate) fn into_frame_parts(self) -> (u8, Bytes) {
         match self {
-            Self::Text(text) => tungstenite::Message::Text(text),
-            Self::Binary(data) => tungstenite::Message::Binary(data),
+            Self::Text(text) => (crate::wire::TEXT, Bytes::from(text)),
+            Self::Binary(data) => (crate::wire::BINARY, data),
         }
     }
 }

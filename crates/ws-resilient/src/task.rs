@@ -21,9 +21,10 @@ use crate::config::{Action, Config};
 use crate::error::{CloseReason, Error};
 use crate::link::{Link, report_discards};
 use crate::state::{Counters, DiscardReason, Event, State};
+use crate::wire::Wire;
 
 /// The socket of one connection.
-pub(crate) type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+pub(crate) type Socket = WebSocketStream<Wire<MaybeTlsStream<TcpStream>>>;
 
 /// Runs the client until it is closed, stopped by a rule, or abandoned.
 pub(crate) fn run(
@@ -361,22 +362,47 @@ async fn handshake(
     let _ = tcp.set_nodelay(true);
 
     #[cfg(feature = "rustls")]
-    let upgraded = tokio_tungstenite::client_async_tls_with_config(
-        request,
-        tcp,
-        Some(ws_config),
-        shared.tls.clone().map(tokio_tungstenite::Connector::Rustls),
-    )
-    .await;
+    let stream = if uri.scheme_str() == Some("wss") {
+        MaybeTlsStream::Rustls(tls(tcp, host, shared).await?)
+    } else {
+        MaybeTlsStream::Plain(tcp)
+    };
     #[cfg(not(feature = "rustls"))]
-    let upgraded = tokio_tungstenite::client_async_with_config(
-        request,
-        MaybeTlsStream::Plain(tcp),
-        Some(ws_config),
-    )
-    .await;
+    let stream = MaybeTlsStream::Plain(tcp);
 
-    upgraded.map(|(socket, _)| socket).map_err(upgrade_error)
+    let wire = Wire::new(
+        stream,
+        ws_config.write_buffer_size,
+        ws_config.max_write_buffer_size,
+    );
+    let (mut socket, _) =
+        tokio_tungstenite::client_async_with_config(request, wire, Some(ws_config))
+            .await
+            .map_err(upgrade_error)?;
+    socket.get_mut().start_framing();
+    Ok(socket)
+}
+
+/// TLS over `tcp` with the client's rustls configuration.
+#[cfg(feature = "rustls")]
+async fn tls(
+    tcp: TcpStream,
+    host: String,
+    shared: &Shared,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, Error> {
+    use tungstenite::error::TlsError;
+
+    let tls_error = |error: tungstenite::Error| Error::WebSocket(Arc::new(error));
+    let name = rustls::pki_types::ServerName::try_from(host)
+        .map_err(|_| tls_error(tungstenite::Error::Tls(TlsError::InvalidDnsName)))?;
+    let config = shared
+        .tls
+        .clone()
+        .unwrap_or_else(crate::client::default_tls);
+    tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .map_err(|error| tls_error(tungstenite::Error::Io(error)))
 }
 
 /// The port to connect to: the one the URL names, or the scheme's default when it names
