@@ -34,7 +34,7 @@ use crate::message::Message;
 use crate::outbox::{Discards, Entry};
 use crate::state::{Counters, DiscardReason};
 use crate::task::Socket;
-use crate::wire;
+use crate::wire::{self, Front};
 
 /// Most messages taken from the outbox under one lock.
 const OUTBOX_BATCH: usize = 1024;
@@ -221,6 +221,21 @@ impl Link {
                 cx.waker().wake_by_ref();
                 break;
             }
+            if self.close_code.is_none() {
+                match self.read_simple_frame(cx) {
+                    Poll::Ready(Some(message)) => {
+                        frames += 1;
+                        bytes += message.len();
+                        data += 1;
+                        self.pong_due = false;
+                        self.received.push_back(message);
+                        continue;
+                    }
+                    // The frame at the front is tungstenite's to read.
+                    Poll::Ready(None) => {}
+                    Poll::Pending => break,
+                }
+            }
             let Poll::Ready(frame) = Pin::new(&mut self.socket).poll_next(cx) else {
                 break;
             };
@@ -232,7 +247,7 @@ impl Link {
                     bytes += text.len();
                     data += 1;
                     self.received
-                        .push_back(Message::Text(self.copies.text(text)));
+                        .push_back(Message::Text(self.copies.utf8(text)));
                 }
                 Some(Ok(tungstenite::Message::Binary(payload))) => {
                     bytes += payload.len();
@@ -241,6 +256,8 @@ impl Link {
                         .push_back(Message::Binary(self.copies.bytes(payload)));
                 }
                 Some(Ok(tungstenite::Message::Pong(payload))) => self.pong(&payload),
+                // tungstenite owes the server a pong, which the next flush sends.
+                Some(Ok(tungstenite::Message::Ping(_))) => self.unflushed = true,
                 Some(Ok(tungstenite::Message::Close(frame))) => {
                     // tungstenite answers the close itself; reading goes on until the end.
                     self.close_code = Some(match frame {
@@ -254,6 +271,44 @@ impl Link {
             }
         }
         Counters::add(&self.shared.counters.messages_received, data);
+    }
+
+    /// Takes the frame at the front of the wire's read buffer when it is a whole data
+    /// frame of modest size, reading more of the stream as needed. Ready with `None` when
+    /// the frame is one for tungstenite: anything else, including text that is not UTF-8,
+    /// which tungstenite then reports as it should.
+    fn read_simple_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Message>> {
+        let max_payload = COPY_UP_TO
+            .min(self.shared.config.max_frame_size)
+            .min(self.shared.config.max_message_size);
+        loop {
+            let wire = self.socket.get_mut();
+            let (text, start, end) = match wire.front(max_payload) {
+                Front::Data { text, start, end } => (text, start, end),
+                Front::Tungstenite => return Poll::Ready(None),
+                Front::More => match wire.poll_fill(cx) {
+                    Poll::Ready(Ok(())) => continue,
+                    // tungstenite meets the same error on its next read and reports it.
+                    Poll::Ready(Err(_)) => return Poll::Ready(None),
+                    Poll::Pending => return Poll::Pending,
+                },
+            };
+
+            let payload = wire.payload(start, end);
+            let message = if text {
+                match self.copies.text(payload) {
+                    Some(text) => Message::Text(text),
+                    None => {
+                        wire.delegate_front();
+                        return Poll::Ready(None);
+                    }
+                }
+            } else {
+                Message::Binary(self.copies.copy(payload))
+            };
+            wire.consume(end);
+            return Poll::Ready(Some(message));
+        }
     }
 
     fn read_error(&mut self, error: tungstenite::Error) -> Error {
@@ -530,13 +585,19 @@ impl Copies {
         self.copy(&payload)
     }
 
-    fn text(&mut self, text: Utf8Bytes) -> Utf8Bytes {
+    fn utf8(&mut self, text: Utf8Bytes) -> Utf8Bytes {
         if text.len() > COPY_UP_TO {
             return text;
         }
         // The copy is valid UTF-8 as the original was; the check only costs a scan.
         let copy = self.copy(text.as_bytes());
         Utf8Bytes::try_from(copy).unwrap_or(text)
+    }
+
+    /// A copy of `payload` as text, or `None` when it is not UTF-8.
+    fn text(&mut self, payload: &[u8]) -> Option<Utf8Bytes> {
+        // Checked on the copy, so the bytes are scanned once.
+        Utf8Bytes::try_from(self.copy(payload)).ok()
     }
 
     fn copy(&mut self, data: &[u8]) -> Bytes {

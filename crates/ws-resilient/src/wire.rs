@@ -1,17 +1,25 @@
-//! The byte stream under tungstenite, with a write queue that the socket task encodes its
-//! own frames into.
+//! The byte stream under tungstenite, with a write queue that the socket task frames its
+//! messages into and a read buffer that it takes simple frames from.
 //!
-//! tungstenite's write path spends several hundred instructions on every frame before the
-//! payload is even copied, which for small messages is more than the rest of this client's
-//! work per message. The socket task therefore frames data messages and pings itself and
-//! appends them here. tungstenite still writes its own frames (answers to the server's
-//! pings, the close handshake) through the same queue, and each of its writes is taken
-//! whole, so frames from the two never interleave on the wire.
+//! tungstenite spends several hundred instructions on every frame either way, which for
+//! small messages is more than the rest of this client's work per message. So the socket
+//! task does the common cases itself and leaves the rest to tungstenite:
+//!
+//! - Writing, it frames data messages and pings and appends them to the queue.
+//!   tungstenite writes its own frames (answers to the server's pings, the close
+//!   handshake) through the same queue, and each of its writes is taken whole, so frames
+//!   from the two never interleave on the wire.
+//! - Reading, it takes whole, final, unmasked text and binary frames of modest size from
+//!   the read buffer. Any other frame (control frames, fragments, anything malformed or
+//!   too large) is handed to tungstenite whole, and so is everything while tungstenite is
+//!   in the middle of a fragmented message, so its checks and its state stay as if it had
+//!   read every frame itself.
 
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
+use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Opcode of a text frame.
@@ -20,6 +28,38 @@ pub(crate) const TEXT: u8 = 0x1;
 pub(crate) const BINARY: u8 = 0x2;
 /// Opcode of a ping frame.
 pub(crate) const PING: u8 = 0x9;
+/// Opcode of a frame that continues a fragmented message.
+const CONTINUATION: u8 = 0x0;
+
+/// Bytes asked of the stream per read.
+const READ_SIZE: usize = 64 << 10;
+
+/// What the socket task should do about the frame at the front of the read buffer.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Front {
+    /// A whole data frame it may take itself: its payload is `rbuf[start..end]`.
+    Data {
+        text: bool,
+        start: usize,
+        end: usize,
+    },
+    /// Let tungstenite read the next frame.
+    Tungstenite,
+    /// More bytes must be read first.
+    More,
+}
+
+/// The header of a frame, as far as deciding who reads it goes.
+#[derive(Debug)]
+struct Header {
+    is_final: bool,
+    reserved_bits: bool,
+    opcode: u8,
+    masked: bool,
+    /// Header bytes, mask included.
+    length: usize,
+    payload: u64,
+}
 
 /// A stream with a write queue of whole frames in front of it.
 #[derive(Debug)]
@@ -35,6 +75,18 @@ pub(crate) struct Wire<S> {
     max_queued: usize,
     /// The capacity the queue shrinks back to after a very large message.
     usual_capacity: usize,
+
+    /// Bytes read from the stream and not yet taken.
+    rbuf: BytesMut,
+    /// Bytes at the front of `rbuf` that belong to frames handed to tungstenite.
+    delegated: usize,
+    /// tungstenite holds the start of a fragmented message: every frame goes to it until
+    /// the message is complete.
+    fragmented: bool,
+    /// The stream ended.
+    eof: bool,
+    /// Line ends seen in a row while reading the upgrade response, which ends at two.
+    response_line_ends: u8,
 }
 
 impl<S> Wire<S> {
@@ -48,6 +100,11 @@ impl<S> Wire<S> {
             framing: false,
             max_queued,
             usual_capacity: usual_size,
+            rbuf: BytesMut::new(),
+            delegated: 0,
+            fragmented: false,
+            eof: false,
+            response_line_ends: 0,
         }
     }
 
@@ -100,6 +157,188 @@ impl<S> Wire<S> {
         }
         self.written = 0;
     }
+
+    /// Decides who reads the frame at the front of the read buffer. The socket task may
+    /// take a data frame whose payload is at most `max_payload` bytes.
+    pub(crate) fn front(&self, max_payload: usize) -> Front {
+        if self.delegated > 0 || self.fragmented {
+            return Front::Tungstenite;
+        }
+        let Some(header) = Header::parse(&self.rbuf) else {
+            // At the end of the stream tungstenite reports what is left as it sees fit.
+            return if self.eof {
+                Front::Tungstenite
+            } else {
+                Front::More
+            };
+        };
+
+        let simple = header.is_final
+            && !header.reserved_bits
+            && !header.masked
+            && matches!(header.opcode, TEXT | BINARY)
+            && header.payload <= max_payload as u64;
+        if !simple {
+            return Front::Tungstenite;
+        }
+        let end = header.length + header.payload as usize;
+        if self.rbuf.len() < end {
+            return if self.eof {
+                Front::Tungstenite
+            } else {
+                Front::More
+            };
+        }
+        Front::Data {
+            text: header.opcode == TEXT,
+            start: header.length,
+            end,
+        }
+    }
+
+    /// The bytes `start..end` of the read buffer, as [`Wire::front`] described them.
+    pub(crate) fn payload(&self, start: usize, end: usize) -> &[u8] {
+        &self.rbuf[start..end]
+    }
+
+    /// Drops the first `length` bytes of the read buffer: a frame the socket task took.
+    pub(crate) fn consume(&mut self, length: usize) {
+        self.rbuf.advance(length);
+    }
+
+    /// Leaves the frame at the front to tungstenite, when the socket task found it wanting.
+    pub(crate) fn delegate_front(&mut self) {
+        if self.delegated == 0
+            && let Some(header) = Header::parse(&self.rbuf)
+        {
+            self.delegate(&header);
+        }
+    }
+
+    fn delegate(&mut self, header: &Header) {
+        let payload = usize::try_from(header.payload).unwrap_or(usize::MAX);
+        self.delegated = header.length.saturating_add(payload);
+        match header.opcode {
+            TEXT | BINARY if !header.is_final => self.fragmented = true,
+            CONTINUATION if header.is_final => self.fragmented = false,
+            _ => {}
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> Wire<S> {
+    /// Reads more of the stream into the read buffer; at its end, [`Wire::front`] hands
+    /// whatever is left to tungstenite.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe.
+    pub(crate) fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.rbuf.capacity() - self.rbuf.len() < READ_SIZE / 4 {
+            self.rbuf.reserve(READ_SIZE);
+        }
+        let read = ready!(tokio_util::io::poll_read_buf(
+            Pin::new(&mut self.inner),
+            cx,
+            &mut self.rbuf
+        ))?;
+        if read == 0 {
+            self.eof = true;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// tungstenite's reads during the upgrade: the response and not a byte more, so the
+    /// frames after it stay in the read buffer.
+    fn poll_read_response(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.rbuf.is_empty() && !self.eof {
+            ready!(self.poll_fill(cx))?;
+        }
+        let mut length = 0;
+        for &byte in self.rbuf.iter().take(buf.remaining()) {
+            length += 1;
+            // The head ends at an empty line; a bare line feed ends a line too.
+            match byte {
+                b'\n' => self.response_line_ends += 1,
+                b'\r' => {}
+                _ => self.response_line_ends = 0,
+            }
+            if self.response_line_ends == 2 {
+                break;
+            }
+        }
+        buf.put_slice(&self.rbuf[..length]);
+        self.rbuf.advance(length);
+        Poll::Ready(Ok(()))
+    }
+
+    /// tungstenite's reads once the connection is open: the frames handed to it, whole.
+    fn poll_read_frames(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            if self.delegated == 0
+                && let Some(header) = Header::parse(&self.rbuf)
+            {
+                self.delegate(&header);
+            }
+            if !self.rbuf.is_empty() && (self.delegated > 0 || self.eof) {
+                // At the end of the stream, a part of a header goes over as it is.
+                let allowed = if self.delegated > 0 {
+                    self.delegated
+                } else {
+                    usize::MAX
+                };
+                let length = allowed.min(self.rbuf.len()).min(buf.remaining());
+                buf.put_slice(&self.rbuf[..length]);
+                self.rbuf.advance(length);
+                self.delegated = self.delegated.saturating_sub(length);
+                return Poll::Ready(Ok(()));
+            }
+            if self.eof {
+                return Poll::Ready(Ok(()));
+            }
+            ready!(self.poll_fill(cx))?;
+        }
+    }
+}
+
+impl Header {
+    /// The header at the start of `bytes`, or `None` while it is incomplete.
+    fn parse(bytes: &[u8]) -> Option<Self> {
+        let [first, second, ..] = *bytes else {
+            return None;
+        };
+        let (payload, mut length) = match second & 0x7F {
+            126 => (
+                u64::from(u16::from_be_bytes(bytes.get(2..4)?.try_into().ok()?)),
+                4,
+            ),
+            127 => (u64::from_be_bytes(bytes.get(2..10)?.try_into().ok()?), 10),
+            short => (u64::from(short), 2),
+        };
+        let masked = second & 0x80 != 0;
+        if masked {
+            length += 4;
+        }
+        if bytes.len() < length {
+            return None;
+        }
+        Some(Self {
+            is_final: first & 0x80 != 0,
+            reserved_bits: first & 0x70 != 0,
+            opcode: first & 0x0F,
+            masked,
+            length,
+            payload,
+        })
+    }
 }
 
 impl<S: AsyncWrite + Unpin> Wire<S> {
@@ -134,7 +373,12 @@ impl<S: AsyncRead + Unpin> AsyncRead for Wire<S> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+        let this = self.get_mut();
+        if this.framing {
+            this.poll_read_frames(cx, buf)
+        } else {
+            this.poll_read_response(cx, buf)
+        }
     }
 }
 
