@@ -2,8 +2,10 @@
 //! dead peer by its own pings, buffers what the application sends while offline, and stops
 //! for good when the server says so.
 //!
-//! Built on tokio-tungstenite. One task owns the socket; the application talks to it
-//! through a [`Client`] handle (send, state, events, close) and an [`Incoming`] receiver.
+//! Built on tokio-tungstenite, which does the upgrade, the close handshake and every
+//! unusual frame; the client frames and reads the common ones itself. One task owns the
+//! socket; the application talks to it through a [`Client`] handle (send, state, events,
+//! close) and an [`Incoming`] receiver.
 //!
 //! - **Reconnects** follow a [`steadfast_backoff::Backoff`] policy (jitter on by default).
 //!   The attempt counter starts again only after a connection stayed up for

@@ -182,8 +182,8 @@ impl Outbox {
         batch.pop_front().map(|entry| entry.message)
     }
 
-    /// Moves up to `max` sendable messages into `batch` under one lock, with the same
-    /// discarding as [`Outbox::take`].
+    /// Moves up to `max` sendable messages into `batch` under one lock, discarding expired
+    /// ones and ones meant for an earlier connection.
     pub(crate) fn take_batch(
         &self,
         batch: &mut VecDeque<Entry>,
