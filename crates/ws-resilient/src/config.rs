@@ -28,9 +28,12 @@ pub struct Config {
     /// (default 15 s).
     pub ping_interval: Option<Duration>,
     /// How long after a ping the connection counts as dead if nothing at all has arrived
-    /// meanwhile (default 10 s). Any inbound frame proves life, not only the pong.
+    /// meanwhile (default 10 s). Anything received proves life, not only the pong: any
+    /// frame, or part of a large one.
     pub pong_timeout: Duration,
-    /// How long `close` waits for the server to answer the close frame (default 5 s).
+    /// How long `close` waits for the server to answer the close frame, and how long the
+    /// client waits, after answering a close from the server, for the server to end the
+    /// connection (default 5 s).
     pub close_timeout: Duration,
     /// How long the on-connect hook may run before the attempt counts as failed
     /// (default 10 s).

@@ -13,7 +13,7 @@
 use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -103,6 +103,9 @@ pub(crate) struct Link {
     /// When the unanswered ping counts as lost; armed while `pong_due`.
     pong_deadline: Pin<Box<Sleep>>,
     pong_due: bool,
+    /// Once the peer's close has arrived and been answered: when the peer must have ended
+    /// the connection.
+    close_deadline: Option<Pin<Box<Sleep>>>,
 }
 
 impl Link {
@@ -134,6 +137,7 @@ impl Link {
             nonce: 0,
             pong_deadline: Box::pin(tokio::time::sleep(Duration::ZERO)),
             pong_due: false,
+            close_deadline: None,
         }
     }
 
@@ -271,6 +275,10 @@ impl Link {
             }
         }
         Counters::add(&self.shared.counters.messages_received, data);
+        if self.socket.get_mut().take_progress() {
+            // Part of a large frame proves life as well as a whole one.
+            self.pong_due = false;
+        }
     }
 
     /// Takes the frame at the front of the wire's read buffer when it is a whole data
@@ -344,6 +352,9 @@ impl Link {
 
     /// Sends a ping on schedule and fails the connection when one goes unanswered.
     fn poll_liveness(&mut self, cx: &mut Context<'_>) -> Poll<Error> {
+        if let Some((code, reason)) = &self.close_code {
+            return self.poll_close_wait(cx, *code, reason.clone());
+        }
         let timeout = self.shared.config.pong_timeout;
         if let Some(ticker) = self.ticker.as_mut() {
             while ticker.poll_tick(cx).is_ready() {
@@ -365,6 +376,23 @@ impl Link {
             return Poll::Ready(Error::PongTimeout(timeout));
         }
         Poll::Pending
+    }
+
+    /// After the peer's close was answered, the peer should end the connection; one that
+    /// keeps it open past `close_timeout` is left with the code it sent. No pings go out
+    /// after a close, so none is waited for.
+    fn poll_close_wait(&mut self, cx: &mut Context<'_>, code: u16, reason: String) -> Poll<Error> {
+        let timeout = self.shared.config.close_timeout;
+        let deadline = self.close_deadline.get_or_insert_with(|| {
+            Box::pin(tokio::time::sleep_until(later(Instant::now(), timeout)))
+        });
+        ready!(deadline.as_mut().poll(cx));
+        debug!(
+            code,
+            ?timeout,
+            "the server kept the connection open after its close"
+        );
+        Poll::Ready(Error::Closed { code, reason })
     }
 
     /// Frames pings, the hook's messages and then buffered messages into the wire, and
@@ -500,7 +528,7 @@ impl Link {
 
     /// Writes what was taken, sends a normal close and waits, within `timeout`, for the
     /// peer's close. Counts everything written before the close as sent when the close
-    /// frame was flushed.
+    /// frame was flushed, and hands over the data the peer sent before its close.
     pub(crate) async fn close(&mut self, timeout: Duration) {
         self.hand_over_without_waiting();
         if !self.write_closed && self.close_code.is_none() {
@@ -509,24 +537,45 @@ impl Link {
                 self.push_frame(opcode, &payload);
             }
         }
-        let handshake = async {
-            let frame = CloseFrame {
-                code: CloseCode::Normal,
-                reason: "".into(),
-            };
-            self.socket
-                .send(tungstenite::Message::Close(Some(frame)))
-                .await?;
-            // The close frame went out behind everything framed before it.
-            self.confirm_written();
-            while let Some(Ok(_)) = self.socket.next().await {}
-            Ok::<(), tungstenite::Error>(())
+        let deadline = later(Instant::now(), timeout);
+        let frame = CloseFrame {
+            code: CloseCode::Normal,
+            reason: "".into(),
         };
-        match tokio::time::timeout(timeout, handshake).await {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => debug!(%error, "the close handshake failed"),
-            Err(_) => debug!(?timeout, "the server did not answer the close in time"),
+        let close = self.socket.send(tungstenite::Message::Close(Some(frame)));
+        match tokio::time::timeout_at(deadline, close).await {
+            // The close frame went out behind everything framed before it.
+            Ok(Ok(())) => self.confirm_written(),
+            Ok(Err(error)) => {
+                debug!(%error, "the close handshake failed");
+                return;
+            }
+            Err(_) => {
+                debug!(?timeout, "the close frame could not be sent in time");
+                return;
+            }
         }
+
+        // The server may still send data before its close; it is kept, not dropped.
+        let (socket, received) = (&mut self.socket, &mut self.received);
+        let mut data = 0;
+        let answer = async {
+            while let Some(Ok(frame)) = socket.next().await {
+                match frame {
+                    tungstenite::Message::Text(text) => received.push_back(Message::Text(text)),
+                    tungstenite::Message::Binary(payload) => {
+                        received.push_back(Message::Binary(payload));
+                    }
+                    _ => continue,
+                }
+                data += 1;
+            }
+        };
+        if tokio::time::timeout_at(deadline, answer).await.is_err() {
+            debug!(?timeout, "the server did not answer the close in time");
+        }
+        Counters::add(&self.shared.counters.messages_received, data);
+        self.hand_over_without_waiting();
     }
 }
 

@@ -85,6 +85,8 @@ pub(crate) struct Wire<S> {
     fragmented: bool,
     /// The stream ended.
     eof: bool,
+    /// Bytes arrived since [`Wire::take_progress`] last looked.
+    progress: bool,
     /// Line ends seen in a row while reading the upgrade response, which ends at two.
     response_line_ends: u8,
 }
@@ -104,6 +106,7 @@ impl<S> Wire<S> {
             delegated: 0,
             fragmented: false,
             eof: false,
+            progress: false,
             response_line_ends: 0,
         }
     }
@@ -206,6 +209,11 @@ impl<S> Wire<S> {
         self.rbuf.advance(length);
     }
 
+    /// Whether bytes arrived since the last call, whoever read them.
+    pub(crate) fn take_progress(&mut self) -> bool {
+        std::mem::take(&mut self.progress)
+    }
+
     /// Leaves the frame at the front to tungstenite, when the socket task found it wanting.
     pub(crate) fn delegate_front(&mut self) {
         if self.delegated == 0
@@ -244,6 +252,8 @@ impl<S: AsyncRead + Unpin> Wire<S> {
         ))?;
         if read == 0 {
             self.eof = true;
+        } else {
+            self.progress = true;
         }
         Poll::Ready(Ok(()))
     }

@@ -7,8 +7,8 @@ mod support;
 
 use std::time::Duration;
 
-use steadfast_ws_resilient::{Client, Message};
-use support::{Accepted, Server, config};
+use steadfast_ws_resilient::{Client, Config, Error, Event, Message};
+use support::{Accepted, Server, config, wait_open};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
@@ -18,6 +18,7 @@ const BINARY: u8 = 0x2;
 const CONTINUATION: u8 = 0x0;
 const PING: u8 = 0x9;
 const PONG: u8 = 0xA;
+const CLOSE: u8 = 0x8;
 
 /// A server frame, unmasked, with the FIN bit as given.
 fn frame(opcode: u8, is_final: bool, payload: &[u8]) -> Vec<u8> {
@@ -37,8 +38,18 @@ fn frame(opcode: u8, is_final: bool, payload: &[u8]) -> Vec<u8> {
     bytes
 }
 
+/// A server close frame with `code`.
+fn close_frame(code: u16) -> Vec<u8> {
+    frame(CLOSE, true, &code.to_be_bytes())
+}
+
 /// Reads the upgrade request and returns the answer that accepts it, byte for byte.
 async fn upgrade_answer(tcp: &mut TcpStream) -> Vec<u8> {
+    upgrade_answer_with(tcp, "\r\n").await
+}
+
+/// The same, with `line_end` ending each line of the answer's head.
+async fn upgrade_answer_with(tcp: &mut TcpStream, line_end: &str) -> Vec<u8> {
     let mut request = Vec::new();
     while !request.ends_with(b"\r\n\r\n") {
         request.push(tcp.read_u8().await.unwrap());
@@ -52,11 +63,16 @@ async fn upgrade_answer(tcp: &mut TcpStream) -> Vec<u8> {
                 .then(|| value.trim().to_owned())
         })
         .expect("a key");
-    format!(
-        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Accept: {}\r\n\r\n",
-        derive_accept_key(key.as_bytes())
-    )
+    let accept = derive_accept_key(key.as_bytes());
+    [
+        "HTTP/1.1 101 Switching Protocols",
+        "Upgrade: websocket",
+        "Connection: Upgrade",
+        &format!("Sec-WebSocket-Accept: {accept}"),
+        "",
+        "",
+    ]
+    .join(line_end)
     .into_bytes()
 }
 
@@ -93,10 +109,22 @@ async fn receive(incoming: &mut steadfast_ws_resilient::Incoming, count: usize) 
 }
 
 fn client(server: &Server) -> (Client, steadfast_ws_resilient::Incoming) {
+    client_with(server, config(Duration::from_millis(100)))
+}
+
+fn client_with(server: &Server, config: Config) -> (Client, steadfast_ws_resilient::Incoming) {
     Client::builder(server.url())
-        .config(config(Duration::from_millis(100)))
+        .config(config)
         .build()
         .unwrap()
+}
+
+/// Settings without pings, so only the server's behaviour can end a connection.
+fn quiet() -> Config {
+    Config {
+        ping_interval: None,
+        ..config(Duration::from_millis(100))
+    }
 }
 
 #[tokio::test(start_paused = true)]
@@ -267,4 +295,137 @@ async fn a_data_frame_inside_a_fragmented_message_is_a_protocol_violation() {
             .is_none(),
         "neither part was delivered"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_upgrade_answer_with_bare_line_feeds_keeps_the_frames_after_it() {
+    let server = Server::start(|mut accepted: Accepted| async move {
+        let mut bytes = upgrade_answer_with(&mut accepted.tcp, "\n").await;
+        bytes.extend(frame(TEXT, true, b"one"));
+        bytes.extend(frame(BINARY, true, &[9; 200]));
+        accepted.tcp.write_all(&bytes).await.unwrap();
+        std::future::pending::<()>().await;
+    })
+    .await;
+    let (_client, mut incoming) = client(&server);
+
+    let messages = receive(&mut incoming, 2).await;
+
+    assert_eq!(
+        messages,
+        [Message::text("one"), Message::binary(vec![9; 200])]
+    );
+}
+
+/// A server that sends its close and then keeps the TCP connection open.
+async fn close_and_linger(mut accepted: Accepted) {
+    let mut bytes = upgrade_answer(&mut accepted.tcp).await;
+    bytes.extend(close_frame(4000));
+    accepted.tcp.write_all(&bytes).await.unwrap();
+    let (opcode, payload) = read_client_frame(&mut accepted.tcp).await;
+    let _ = accepted
+        .record
+        .send(format!("opcode={opcode:#x} payload={payload:?}"));
+    std::future::pending::<()>().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_server_that_closes_but_keeps_the_connection_is_left_with_its_code() {
+    for ping_interval in [Some(Duration::from_secs(1)), None] {
+        let mut server = Server::start(close_and_linger).await;
+        let config = Config {
+            ping_interval,
+            close_timeout: Duration::from_secs(3),
+            ..config(Duration::from_millis(100))
+        };
+        let (client, _incoming) = client_with(&server, config);
+        let started = tokio::time::Instant::now();
+
+        let reason = tokio::time::timeout(Duration::from_secs(60), client.closed())
+            .await
+            .expect("the client lets go");
+
+        // The close was answered, and after close_timeout the client let go with the
+        // server's code (4000: stop), never mistaking the silence for a dead peer.
+        let answer = server.take(1).await;
+        assert_eq!(answer, [format!("opcode={CLOSE:#x} payload=[15, 160]")]);
+        let error = reason.error().expect("a terminal error");
+        assert!(
+            matches!(error, Error::Closed { code: 4000, .. }),
+            "{ping_interval:?}: {error:?}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(4),
+            "{ping_interval:?}"
+        );
+        assert_eq!(server.accepts(), 1);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn data_the_server_sends_before_answering_the_clients_close_is_delivered() {
+    let server = Server::start(|mut accepted: Accepted| async move {
+        let answer = upgrade_answer(&mut accepted.tcp).await;
+        accepted.tcp.write_all(&answer).await.unwrap();
+        while read_client_frame(&mut accepted.tcp).await.0 != CLOSE {}
+        let mut bytes = frame(TEXT, true, b"in flight 1");
+        bytes.extend(frame(BINARY, true, &[2; 20_000]));
+        bytes.extend(close_frame(1000));
+        accepted.tcp.write_all(&bytes).await.unwrap();
+        accepted.tcp.shutdown().await.unwrap();
+        std::future::pending::<()>().await;
+    })
+    .await;
+    let (client, mut incoming) = client_with(&server, quiet());
+    wait_open(&client).await;
+
+    client.close().await;
+    let mut messages = Vec::new();
+    while let Some(message) = incoming.recv().await {
+        messages.push(message);
+    }
+
+    assert_eq!(
+        messages,
+        [
+            Message::text("in flight 1"),
+            Message::binary(vec![2; 20_000])
+        ]
+    );
+    assert_eq!(client.metrics().messages_received, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_large_frame_arriving_slowly_keeps_the_connection_alive() {
+    let server = Server::start(|mut accepted: Accepted| async move {
+        let mut bytes = upgrade_answer(&mut accepted.tcp).await;
+        bytes.extend(frame(BINARY, true, &vec![5; 1 << 20]));
+        // 256 pieces, 150 ms apart: about 38 s for one frame, during which the server
+        // cannot answer a ping.
+        for piece in bytes.chunks(4 << 10) {
+            accepted.tcp.write_all(piece).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+        std::future::pending::<()>().await;
+    })
+    .await;
+    let config = Config {
+        ping_interval: Some(Duration::from_secs(5)),
+        pong_timeout: Duration::from_secs(5),
+        ..config(Duration::from_millis(100))
+    };
+    let (client, mut incoming) = client_with(&server, config);
+    let mut events = client.events();
+    let disconnected = async {
+        loop {
+            if let Some(Event::Disconnected { error }) = events.next().await {
+                return error;
+            }
+        }
+    };
+
+    tokio::select! {
+        message = incoming.recv() => assert_eq!(message.unwrap().len(), 1 << 20),
+        error = disconnected => panic!("dropped while the frame was arriving: {error:?}"),
+    }
 }
