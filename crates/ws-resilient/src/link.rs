@@ -611,14 +611,18 @@ impl Link {
     }
 }
 
-/// Copies received payloads out of tungstenite's read buffer into blocks of our own.
+/// Copies received payloads out of the read buffer into blocks of our own.
 ///
-/// A payload from tungstenite shares the read buffer it arrived in, and while the
-/// application holds any such payload tungstenite cannot reuse that buffer: it allocates
-/// one just large enough for the next frame, so every read is small. Copied payloads leave
-/// the read buffer free, so reads stay large. A filled block is kept, up to a few, and
-/// reused once the application has dropped everything copied into it, so steady traffic
-/// does not keep asking the allocator for fresh pages.
+/// A payload left in the read buffer it arrived in (the wire's or tungstenite's) keeps
+/// that buffer from being reused while the application holds it, so the next read gets a
+/// fresh buffer just large enough for one frame and every read is small. Copied payloads
+/// leave the read buffer free, so reads stay large. A filled block is kept, up to a few,
+/// and reused once the application has dropped everything copied into it, so steady
+/// traffic does not keep asking the allocator for fresh pages.
+///
+/// Not yet: at 16 KiB the copy, and fresh blocks from the allocator while the application
+/// holds the old ones, keep echo throughput near 0.9 of a raw client that drops each
+/// payload at once.
 #[derive(Debug, Default)]
 struct Copies {
     block: BytesMut,
