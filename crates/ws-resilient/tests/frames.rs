@@ -76,6 +76,21 @@ async fn upgrade_answer_with(tcp: &mut TcpStream, line_end: &str) -> Vec<u8> {
     .into_bytes()
 }
 
+/// A server that answers the upgrade with lines ended by `line_end`, sends `frames` in
+/// the same write, and then waits.
+async fn answer_then(line_end: &'static str, frames: Vec<u8>) -> Server {
+    Server::start(move |mut accepted: Accepted| {
+        let frames = frames.clone();
+        async move {
+            let mut bytes = upgrade_answer_with(&mut accepted.tcp, line_end).await;
+            bytes.extend(frames);
+            accepted.tcp.write_all(&bytes).await.unwrap();
+            std::future::pending::<()>().await;
+        }
+    })
+    .await
+}
+
 /// Reads one client frame and returns its opcode and unmasked payload.
 async fn read_client_frame(tcp: &mut TcpStream) -> (u8, Vec<u8>) {
     let first = tcp.read_u8().await.unwrap();
@@ -129,16 +144,11 @@ fn quiet() -> Config {
 
 #[tokio::test(start_paused = true)]
 async fn frames_sent_with_the_upgrade_answer_are_all_received() {
-    let server = Server::start(|mut accepted: Accepted| async move {
-        let mut bytes = upgrade_answer(&mut accepted.tcp).await;
-        bytes.extend(frame(TEXT, true, b"first"));
-        bytes.extend(frame(BINARY, true, &[1, 2, 3]));
-        bytes.extend(frame(TEXT, true, b"third"));
-        // One write: the frames arrive in the same segment as the answer.
-        accepted.tcp.write_all(&bytes).await.unwrap();
-        std::future::pending::<()>().await;
-    })
-    .await;
+    let mut frames = frame(TEXT, true, b"first");
+    frames.extend(frame(BINARY, true, &[1, 2, 3]));
+    frames.extend(frame(TEXT, true, b"third"));
+    // One write: the frames arrive in the same segment as the answer.
+    let server = answer_then("\r\n", frames).await;
     let (_client, mut incoming) = client(&server);
 
     let messages = receive(&mut incoming, 3).await;
@@ -273,15 +283,10 @@ async fn a_masked_frame_from_the_server_is_a_protocol_violation() {
 
 #[tokio::test(start_paused = true)]
 async fn a_data_frame_inside_a_fragmented_message_is_a_protocol_violation() {
-    let server = Server::start(|mut accepted: Accepted| async move {
-        let mut bytes = upgrade_answer(&mut accepted.tcp).await;
-        bytes.extend(frame(TEXT, false, b"start"));
-        // A new message before the fragmented one ended.
-        bytes.extend(frame(TEXT, true, b"intruder"));
-        accepted.tcp.write_all(&bytes).await.unwrap();
-        std::future::pending::<()>().await;
-    })
-    .await;
+    let mut frames = frame(TEXT, false, b"start");
+    // A new message before the fragmented one ended.
+    frames.extend(frame(TEXT, true, b"intruder"));
+    let server = answer_then("\r\n", frames).await;
     let (client, mut incoming) = client(&server);
 
     let reason = client.closed().await;
@@ -299,14 +304,9 @@ async fn a_data_frame_inside_a_fragmented_message_is_a_protocol_violation() {
 
 #[tokio::test(start_paused = true)]
 async fn an_upgrade_answer_with_bare_line_feeds_keeps_the_frames_after_it() {
-    let server = Server::start(|mut accepted: Accepted| async move {
-        let mut bytes = upgrade_answer_with(&mut accepted.tcp, "\n").await;
-        bytes.extend(frame(TEXT, true, b"one"));
-        bytes.extend(frame(BINARY, true, &[9; 200]));
-        accepted.tcp.write_all(&bytes).await.unwrap();
-        std::future::pending::<()>().await;
-    })
-    .await;
+    let mut frames = frame(TEXT, true, b"one");
+    frames.extend(frame(BINARY, true, &[9; 200]));
+    let server = answer_then("\n", frames).await;
     let (_client, mut incoming) = client(&server);
 
     let messages = receive(&mut incoming, 2).await;
