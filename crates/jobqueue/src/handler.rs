@@ -262,6 +262,18 @@ impl Failure {
         }
     }
 
+    /// The failure of an attempt that was cancelled because its lease ran out.
+    pub(crate) fn after_lease_lost(self) -> Self {
+        Failure::new(
+            FailureKind::WorkerLost,
+            ErrorClass::Transient,
+            format!(
+                "the lease ran out and the attempt was cancelled: {}",
+                self.message
+            ),
+        )
+    }
+
     pub(crate) fn panicked(payload: &(dyn Any + Send)) -> Self {
         let text = payload
             .downcast_ref::<&str>()

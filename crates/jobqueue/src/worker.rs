@@ -1035,9 +1035,11 @@ async fn supervise<S: Store>(
         }
     }
 
+    // A failure from here on is the lost lease's doing, and is recorded as such whether
+    // this worker's report or the sweep reaches the store first.
     tokio::select! {
         biased;
-        result = &mut guarded => Ended::Done(result),
+        result = &mut guarded => Ended::Done(result.map_err(Failure::after_lease_lost)),
         () = sleep(ctx.config.cancel_grace) => Ended::Abandoned,
         () = ctx.force.cancelled() => Ended::Abandoned,
     }
