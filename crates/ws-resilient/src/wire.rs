@@ -61,7 +61,7 @@ struct Header {
     payload: u64,
 }
 
-/// A stream with a write queue of whole frames in front of it.
+/// A stream with a write queue of whole frames and a read buffer of its own.
 #[derive(Debug)]
 pub(crate) struct Wire<S> {
     inner: S,
@@ -69,7 +69,8 @@ pub(crate) struct Wire<S> {
     out: Vec<u8>,
     written: usize,
     /// Whether the upgrade is done. Until then, tungstenite's writes (the HTTP request) go
-    /// straight through, as its handshake never flushes.
+    /// straight through, as its handshake never flushes, and its reads get the response
+    /// head only.
     framing: bool,
     /// Queued bytes above which tungstenite's writes wait for the queue to drain.
     max_queued: usize,
