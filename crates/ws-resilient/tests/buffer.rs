@@ -125,10 +125,7 @@ async fn ws_05_buffered_bytes_stay_bounded_while_the_socket_looks_open_but_nothi
     let mut config = buffer_config(Overflow::DropOldest);
     config.buffer.max_messages = 1_000;
     config.ping_interval = None;
-    let (client, _incoming) = Client::builder(server.url())
-        .config(config)
-        .build()
-        .unwrap();
+    let (client, _incoming) = support::client_for(&server, config);
     wait_open(&client).await;
 
     let mut most = 0;
@@ -173,10 +170,7 @@ async fn nothing_sent_on_a_stalled_connection_vanishes_unreported() {
         pong_timeout: Duration::from_secs(2),
         ..config(Duration::from_millis(100))
     };
-    let (client, _incoming) = Client::builder(server.url())
-        .config(config)
-        .build()
-        .unwrap();
+    let (client, _incoming) = support::client_for(&server, config);
     wait_open(&client).await;
 
     let sent = 2_000u64;

@@ -123,10 +123,7 @@ async fn ws_04_policy_violation_close_is_terminal() {
         close_with(accepted.tcp, 1008).await;
     })
     .await;
-    let (client, mut incoming) = Client::builder(server.url())
-        .config(config(Duration::from_millis(100)))
-        .build()
-        .unwrap();
+    let (client, mut incoming) = support::client_for(&server, config(Duration::from_millis(100)));
 
     let reason = client.closed().await;
     tokio::time::sleep(Duration::from_secs(60)).await;
@@ -153,10 +150,7 @@ async fn ws_04_unauthorized_upgrade_is_not_retried() {
         let _ = tokio_tungstenite::accept_hdr_async(accepted.tcp, reject).await;
     })
     .await;
-    let (client, _incoming) = Client::builder(server.url())
-        .config(config(Duration::from_millis(100)))
-        .build()
-        .unwrap();
+    let (client, _incoming) = support::client_for(&server, config(Duration::from_millis(100)));
 
     let reason = client.closed().await;
     tokio::time::sleep(Duration::from_secs(60)).await;
@@ -191,10 +185,7 @@ async fn ws_04_connect_then_kick_backs_off_and_gives_up() {
     for server in [&server_1011, &server] {
         let mut config = config(Duration::from_millis(100));
         config.backoff = config.backoff.max_attempts(6);
-        let (client, _incoming) = Client::builder(server.url())
-            .config(config)
-            .build()
-            .unwrap();
+        let (client, _incoming) = support::client_for(server, config);
 
         let reason = client.closed().await;
 
@@ -248,10 +239,7 @@ async fn ws_07_graceful_server_close_does_not_spin_the_loop() {
             }
         });
         let started = Instant::now();
-        let (_client, _incoming) = Client::builder(server.url())
-            .config(config(Duration::from_millis(100)))
-            .build()
-            .unwrap();
+        let (_client, _incoming) = support::client_for(&server, config(Duration::from_millis(100)));
 
         tokio::time::sleep(Duration::from_secs(10)).await;
         ticker.abort();

@@ -124,14 +124,7 @@ async fn receive(incoming: &mut steadfast_ws_resilient::Incoming, count: usize) 
 }
 
 fn client(server: &Server) -> (Client, steadfast_ws_resilient::Incoming) {
-    client_with(server, config(Duration::from_millis(100)))
-}
-
-fn client_with(server: &Server, config: Config) -> (Client, steadfast_ws_resilient::Incoming) {
-    Client::builder(server.url())
-        .config(config)
-        .build()
-        .unwrap()
+    support::client_for(server, config(Duration::from_millis(100)))
 }
 
 /// Settings without pings, so only the server's behaviour can end a connection.
@@ -338,7 +331,7 @@ async fn a_server_that_closes_but_keeps_the_connection_is_left_with_its_code() {
             close_timeout: Duration::from_secs(3),
             ..config(Duration::from_millis(100))
         };
-        let (client, _incoming) = client_with(&server, config);
+        let (client, _incoming) = support::client_for(&server, config);
         let started = tokio::time::Instant::now();
 
         let reason = tokio::time::timeout(Duration::from_secs(60), client.closed())
@@ -376,7 +369,7 @@ async fn data_the_server_sends_before_answering_the_clients_close_is_delivered()
         std::future::pending::<()>().await;
     })
     .await;
-    let (client, mut incoming) = client_with(&server, quiet());
+    let (client, mut incoming) = support::client_for(&server, quiet());
     wait_open(&client).await;
 
     client.close().await;
@@ -414,7 +407,7 @@ async fn a_large_frame_arriving_slowly_keeps_the_connection_alive() {
         pong_timeout: Duration::from_secs(5),
         ..config(Duration::from_millis(100))
     };
-    let (client, mut incoming) = client_with(&server, config);
+    let (client, mut incoming) = support::client_for(&server, config);
     let mut events = client.events();
     let disconnected = async {
         loop {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use serde::{Deserialize, Serialize};
-use steadfast_ws_resilient::{Client, Event};
+use steadfast_ws_resilient::Event;
 use support::{Server, config};
 use tokio_tungstenite::tungstenite::Message as Frame;
 
@@ -31,10 +31,7 @@ async fn a_message_that_does_not_parse_is_reported_and_the_connection_goes_on() 
         }
     })
     .await;
-    let (client, incoming) = Client::builder(server.url())
-        .config(config(Duration::from_millis(100)))
-        .build()
-        .unwrap();
+    let (client, incoming) = support::client_for(&server, config(Duration::from_millis(100)));
     let mut events = client.events();
     let mut ticks = incoming.json::<Tick>();
 

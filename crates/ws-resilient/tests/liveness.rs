@@ -47,10 +47,7 @@ async fn ws_01_half_open_connection_is_detected_by_the_clients_own_pings() {
     })
     .await;
     let started = Instant::now();
-    let (client, _incoming) = Client::builder(server.url())
-        .config(liveness_config())
-        .build()
-        .unwrap();
+    let (client, _incoming) = support::client_for(&server, liveness_config());
     let mut events = client.events();
 
     let error = disconnected_by(&mut events).await;

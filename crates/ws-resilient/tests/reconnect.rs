@@ -265,10 +265,7 @@ async fn the_connect_timeout_covers_the_upgrade() {
         connect_timeout: Duration::from_secs(2),
         ..config(Duration::from_millis(100))
     };
-    let (client, _incoming) = Client::builder(server.url())
-        .config(config)
-        .build()
-        .unwrap();
+    let (client, _incoming) = support::client_for(&server, config);
     let mut events = client.events();
 
     let started = Instant::now();
@@ -343,10 +340,7 @@ async fn a_server_close_while_the_client_writes_keeps_its_close_code() {
         support::close_with_frame(&mut ws, 1008).await;
     })
     .await;
-    let (client, _incoming) = Client::builder(server.url())
-        .config(config(Duration::from_millis(100)))
-        .build()
-        .unwrap();
+    let (client, _incoming) = support::client_for(&server, config(Duration::from_millis(100)));
     wait_open(&client).await;
 
     for n in 0..200 {
@@ -425,10 +419,7 @@ async fn try_again_later_waits_at_least_five_seconds() {
         }
     })
     .await;
-    let (client, _incoming) = Client::builder(server.url())
-        .config(config(Duration::from_millis(100)))
-        .build()
-        .unwrap();
+    let (client, _incoming) = support::client_for(&server, config(Duration::from_millis(100)));
     server.wait_for_accepts(2).await;
     wait_open(&client).await;
 
@@ -450,10 +441,7 @@ async fn huge_timer_settings_mean_never_rather_than_a_crash() {
             ..config(Duration::from_millis(100))
         },
     ] {
-        let (client, _incoming) = Client::builder(server.url())
-            .config(config)
-            .build()
-            .unwrap();
+        let (client, _incoming) = support::client_for(&server, config);
         wait_open(&client).await;
         tokio::time::sleep(Duration::from_secs(5)).await;
         client.send("still here").await.unwrap();
@@ -523,10 +511,7 @@ async fn text_that_is_not_utf8_is_answered_with_1007_and_stops_the_client() {
         }
     })
     .await;
-    let (client, _incoming) = Client::builder(server.url())
-        .config(config(Duration::from_millis(100)))
-        .build()
-        .unwrap();
+    let (client, _incoming) = support::client_for(&server, config(Duration::from_millis(100)));
 
     let reason = client.closed().await;
 

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use steadfast_ws_resilient::{Backoff, Client, Config, Jitter, State};
+use steadfast_ws_resilient::{Backoff, Client, Config, Incoming, Jitter, State};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -147,6 +147,14 @@ pub fn config(initial: Duration) -> Config {
         stable_after: Duration::from_secs(5),
         ..Config::default()
     }
+}
+
+/// A client of `server` with `config`, and its receiver.
+pub fn client_for(server: &Server, config: Config) -> (Client, Incoming) {
+    Client::builder(server.url())
+        .config(config)
+        .build()
+        .unwrap()
 }
 
 pub async fn wait_open(client: &Client) {
