@@ -11,6 +11,7 @@
 //! and answers pings and close frames itself.
 
 use std::collections::VecDeque;
+use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
@@ -227,16 +228,19 @@ impl Link {
             }
             if self.close_code.is_none() {
                 match self.read_simple_frame(cx) {
-                    Poll::Ready(Some(message)) => {
+                    Poll::Ready(Ok(Some(message))) => {
                         frames += 1;
                         bytes += message.len();
                         data += 1;
-                        self.pong_due = false;
                         self.received.push_back(message);
                         continue;
                     }
                     // The frame at the front is tungstenite's to read.
-                    Poll::Ready(None) => {}
+                    Poll::Ready(Ok(None)) => {}
+                    Poll::Ready(Err(error)) => {
+                        self.ended = Some(self.read_error(tungstenite::Error::Io(error)));
+                        break;
+                    }
                     Poll::Pending => break,
                 }
             }
@@ -244,8 +248,6 @@ impl Link {
                 break;
             };
             frames += 1;
-            // Any frame at all proves the peer is alive.
-            self.pong_due = false;
             match frame {
                 Some(Ok(tungstenite::Message::Text(text))) => {
                     bytes += text.len();
@@ -276,7 +278,7 @@ impl Link {
         }
         Counters::add(&self.shared.counters.messages_received, data);
         if self.socket.get_mut().take_progress() {
-            // Part of a large frame proves life as well as a whole one.
+            // Anything received proves the peer alive, even part of a large frame.
             self.pong_due = false;
         }
     }
@@ -285,7 +287,7 @@ impl Link {
     /// frame of modest size, reading more of the stream as needed. Ready with `None` when
     /// the frame is one for tungstenite: anything else, including text that is not UTF-8,
     /// which tungstenite then reports as it should.
-    fn read_simple_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Message>> {
+    fn read_simple_frame(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Option<Message>>> {
         let max_payload = COPY_UP_TO
             .min(self.shared.config.max_frame_size)
             .min(self.shared.config.max_message_size);
@@ -293,13 +295,11 @@ impl Link {
             let wire = self.socket.get_mut();
             let (text, start, end) = match wire.front(max_payload) {
                 Front::Data { text, start, end } => (text, start, end),
-                Front::Tungstenite => return Poll::Ready(None),
-                Front::More => match wire.poll_fill(cx) {
-                    Poll::Ready(Ok(())) => continue,
-                    // tungstenite meets the same error on its next read and reports it.
-                    Poll::Ready(Err(_)) => return Poll::Ready(None),
-                    Poll::Pending => return Poll::Pending,
-                },
+                Front::Tungstenite => return Poll::Ready(Ok(None)),
+                Front::More => {
+                    ready!(wire.poll_fill(cx))?;
+                    continue;
+                }
             };
 
             let payload = wire.payload(start, end);
@@ -308,14 +308,14 @@ impl Link {
                     Some(text) => Message::Text(text),
                     None => {
                         wire.delegate_front();
-                        return Poll::Ready(None);
+                        return Poll::Ready(Ok(None));
                     }
                 }
             } else {
                 Message::Binary(self.copies.copy(payload))
             };
             wire.consume(end);
-            return Poll::Ready(Some(message));
+            return Poll::Ready(Ok(Some(message)));
         }
     }
 
