@@ -145,7 +145,7 @@ impl Builder {
             handles_gone: AtomicBool::new(false),
             config: self.config,
             #[cfg(feature = "rustls")]
-            tls: Some(self.tls.unwrap_or_else(default_tls)),
+            tls: self.tls.unwrap_or_else(default_tls),
         });
 
         runtime.spawn(task::run(Arc::clone(&shared), request, self.hook));
@@ -227,9 +227,9 @@ pub(crate) struct Shared {
     /// Set before `stop` is cancelled because the last `Client` went.
     pub(crate) handles_gone: AtomicBool,
     pub(crate) config: Config,
-    /// A custom TLS configuration; `None` uses the webpki roots.
+    /// The rustls configuration for `wss://`: the builder's, or the webpki roots.
     #[cfg(feature = "rustls")]
-    pub(crate) tls: Option<Arc<rustls::ClientConfig>>,
+    pub(crate) tls: Arc<rustls::ClientConfig>,
 }
 
 impl Shared {
@@ -495,7 +495,7 @@ impl HookSender {
 /// process default: a process whose dependencies enable more than one rustls provider has
 /// no default, and rustls would panic on the first `wss://` connect.
 #[cfg(feature = "rustls")]
-pub(crate) fn default_tls() -> Arc<rustls::ClientConfig> {
+fn default_tls() -> Arc<rustls::ClientConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let roots = rustls::RootCertStore {
         roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),

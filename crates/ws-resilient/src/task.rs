@@ -395,11 +395,7 @@ async fn tls(
     let tls_error = |error: tungstenite::Error| Error::WebSocket(Arc::new(error));
     let name = rustls::pki_types::ServerName::try_from(host)
         .map_err(|_| tls_error(tungstenite::Error::Tls(TlsError::InvalidDnsName)))?;
-    let config = shared
-        .tls
-        .clone()
-        .unwrap_or_else(crate::client::default_tls);
-    tokio_rustls::TlsConnector::from(config)
+    tokio_rustls::TlsConnector::from(Arc::clone(&shared.tls))
         .connect(name, tcp)
         .await
         .map_err(|error| tls_error(tungstenite::Error::Io(error)))
