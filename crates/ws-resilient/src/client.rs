@@ -136,7 +136,7 @@ impl Builder {
         let (events, _) = broadcast::channel(256);
         let shared = Arc::new(Shared {
             outbox: Outbox::new(self.config.buffer.clone(), self.config.max_message_size),
-            inbox: Inbox::new(self.config.inbound_capacity),
+            inbox: Inbox::new(self.config.inbound_capacity, self.config.inbound_max_bytes),
             counters: Counters::default(),
             events,
             state,
@@ -184,6 +184,7 @@ impl Builder {
             (config.buffer.max_messages == 0, "buffer.max_messages"),
             (config.buffer.max_bytes == 0, "buffer.max_bytes"),
             (config.inbound_capacity == 0, "inbound_capacity"),
+            (config.inbound_max_bytes == 0, "inbound_max_bytes"),
             (config.max_message_size == 0, "max_message_size"),
             (config.max_frame_size == 0, "max_frame_size"),
             (config.max_write_buffer_size == 0, "max_write_buffer_size"),
@@ -408,8 +409,13 @@ impl Client {
 /// sending can live in different tasks.
 ///
 /// The client keeps answering pings whether or not this is read; when
-/// [`Config::inbound_capacity`] messages wait unread, it stops reading the socket
-/// (backpressure) and suspends the liveness check until the application catches up.
+/// [`Config::inbound_capacity`] messages or [`Config::inbound_max_bytes`] of data wait
+/// unread, it stops reading the socket (backpressure) and suspends the liveness check
+/// until the application catches up.
+///
+/// A received payload shares the read buffer it arrived in (64 KiB), which stays
+/// allocated while the application holds the payload; copy small messages that are kept
+/// for long.
 #[derive(Debug)]
 pub struct Incoming {
     pub(crate) shared: Arc<Shared>,

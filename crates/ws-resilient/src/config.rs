@@ -45,6 +45,10 @@ pub struct Config {
     /// Received messages held for the application before the client stops reading the
     /// socket (default 1024).
     pub inbound_capacity: usize,
+    /// Received payload bytes held for the application before the client stops reading the
+    /// socket (default 1 MiB). A message larger than this is still taken, alone, once the
+    /// application has read everything before it.
+    pub inbound_max_bytes: usize,
     /// The largest message accepted either way, in bytes (default 16 MiB; tungstenite's own
     /// default is 64 MiB).
     pub max_message_size: usize,
@@ -73,6 +77,7 @@ impl Default for Config {
             buffer: BufferConfig::default(),
             rules: Rules::default(),
             inbound_capacity: 1024,
+            inbound_max_bytes: 1 << 20,
             max_message_size: 16 << 20,
             max_frame_size: 4 << 20,
             write_buffer_size: 128 << 10,

@@ -10,16 +10,20 @@ use std::task::{Context, Poll, Waker};
 
 use crate::message::Message;
 
-/// A bounded FIFO with one producer (the socket task) and one consumer (`Incoming`).
+/// A FIFO bounded in messages and in payload bytes, with one producer (the socket task)
+/// and one consumer (`Incoming`).
 #[derive(Debug)]
 pub(crate) struct Inbox {
     queue: Mutex<Queue>,
     capacity: usize,
+    max_bytes: usize,
 }
 
 #[derive(Debug)]
 struct Queue {
     messages: VecDeque<Message>,
+    /// Payload bytes in `messages`.
+    bytes: usize,
     /// The socket task is done: once `messages` is empty, the reader gets `None`.
     sender_gone: bool,
     /// `Incoming` was dropped: nothing more is accepted.
@@ -42,16 +46,20 @@ pub(crate) enum Pushed {
 }
 
 impl Inbox {
-    pub(crate) fn new(capacity: usize) -> Self {
+    /// An inbox for `capacity` messages and `max_bytes` of payload; one message is taken
+    /// into an empty inbox whatever its size, so no message is too large for it.
+    pub(crate) fn new(capacity: usize, max_bytes: usize) -> Self {
         Self {
             queue: Mutex::new(Queue {
                 messages: VecDeque::new(),
+                bytes: 0,
                 sender_gone: false,
                 receiver_gone: false,
                 reader: None,
                 writer: None,
             }),
             capacity,
+            max_bytes,
         }
     }
 
@@ -72,8 +80,8 @@ impl Inbox {
             return Pushed::Unread(unread);
         }
 
-        let room = self.capacity.saturating_sub(queue.messages.len());
-        let moved = room.min(messages.len());
+        let (moved, bytes) = self.room_for(&queue, messages);
+        queue.bytes += bytes;
         if queue.messages.is_empty() && moved == messages.len() {
             // The reader has caught up: the whole burst changes hands without a copy, and
             // the caller gets the reader's emptied buffer to fill next.
@@ -116,6 +124,8 @@ impl Inbox {
             return Poll::Pending;
         }
 
+        let bytes: usize = queue.messages.range(..taken).map(Message::len).sum();
+        queue.bytes -= bytes;
         let output = take(queue.messages.drain(..taken));
         let writer = queue.writer.take();
         drop(queue);
@@ -145,12 +155,29 @@ impl Inbox {
             queue.receiver_gone = true;
             let unread = queue.messages.len() as u64;
             queue.messages.clear();
+            queue.bytes = 0;
             (unread, queue.writer.take())
         };
         if let Some(writer) = writer {
             writer.wake();
         }
         unread
+    }
+
+    /// How many of `messages`, from the front, fit in `queue`, and their payload bytes.
+    fn room_for(&self, queue: &Queue, messages: &VecDeque<Message>) -> (usize, usize) {
+        let room = self.capacity.saturating_sub(queue.messages.len());
+        let mut bytes = 0;
+        let mut fits = 0;
+        for message in messages.iter().take(room) {
+            let total = queue.bytes + bytes + message.len();
+            if total > self.max_bytes && (fits > 0 || !queue.messages.is_empty()) {
+                break;
+            }
+            bytes += message.len();
+            fits += 1;
+        }
+        (fits, bytes)
     }
 
     fn lock(&self) -> MutexGuard<'_, Queue> {
@@ -203,7 +230,7 @@ mod tests {
 
     #[test]
     fn a_burst_wakes_the_waiting_reader_once_and_keeps_its_order() {
-        let inbox = Inbox::new(10);
+        let inbox = Inbox::new(10, usize::MAX);
         let (reader, waker) = counting_waker();
         let cx = Context::from_waker(&waker);
         assert_eq!(take(&inbox, &cx, 10), Poll::Pending);
@@ -217,7 +244,7 @@ mod tests {
 
     #[test]
     fn a_full_queue_keeps_the_rest_with_the_writer_and_wakes_it_on_room() {
-        let inbox = Inbox::new(2);
+        let inbox = Inbox::new(2, usize::MAX);
         let (writer, waker) = counting_waker();
         let cx = Context::from_waker(&waker);
         let mut left = messages(0..3);
@@ -232,8 +259,36 @@ mod tests {
     }
 
     #[test]
+    fn the_byte_bound_holds_messages_back_but_lets_a_large_one_into_an_empty_queue() {
+        let inbox = Inbox::new(10, 8);
+        let cx = Context::from_waker(Waker::noop());
+        let large = || Message::text("x".repeat(20));
+        let mut left = VecDeque::from([Message::text("1234"), Message::text("5678"), large()]);
+
+        assert_eq!(inbox.push(&mut left, Some(&cx)), Pushed::Full);
+        assert_eq!(left, [large()]);
+        assert_eq!(
+            take(&inbox, &cx, 1),
+            Poll::Ready(Some([Message::text("1234")].into()))
+        );
+        assert_eq!(
+            inbox.push(&mut left, Some(&cx)),
+            Pushed::Full,
+            "4 + 20 bytes > 8"
+        );
+        assert_eq!(
+            take(&inbox, &cx, 10),
+            Poll::Ready(Some([Message::text("5678")].into()))
+        );
+
+        assert_eq!(inbox.push(&mut left, Some(&cx)), Pushed::All);
+        assert_eq!(take(&inbox, &cx, 10), Poll::Ready(Some([large()].into())));
+        assert_eq!(inbox.push(&mut messages(0..3), Some(&cx)), Pushed::All);
+    }
+
+    #[test]
     fn the_reader_sees_everything_queued_before_the_end() {
-        let inbox = Inbox::new(4);
+        let inbox = Inbox::new(4, usize::MAX);
         inbox.push(&mut messages(0..2), None);
         inbox.close_sending();
         let cx = Context::from_waker(Waker::noop());
@@ -244,7 +299,7 @@ mod tests {
 
     #[test]
     fn a_dropped_reader_turns_queued_and_offered_messages_into_unread_counts() {
-        let inbox = Inbox::new(4);
+        let inbox = Inbox::new(4, usize::MAX);
         inbox.push(&mut messages(0..3), None);
 
         assert_eq!(inbox.close_receiving(), 3);

@@ -75,6 +75,7 @@
 //! - `json`: [`JsonIncoming`] and [`Client::send_json`], typed messages through serde.
 //! - `rustls`: `wss://` URLs, through rustls and the webpki roots.
 
+mod blocks;
 mod client;
 mod config;
 mod error;

@@ -7,17 +7,16 @@
 //!
 //! Common frames skip tungstenite's per-frame machinery both ways (see [`crate::wire`]):
 //! data messages and pings are framed into the wire's write queue, and whole data frames
-//! up to [`COPY_UP_TO`] are taken from its read buffer. tungstenite reads every other frame
+//! up to [`READ_UP_TO`] are taken from its read buffer. tungstenite reads every other frame
 //! and answers pings and close frames itself.
 
 use std::collections::VecDeque;
-use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -51,15 +50,9 @@ const MAX_READ: usize = 256;
 /// is not held back for long.
 const MAX_GATHERED_BYTES: usize = 256 << 10;
 
-/// Payloads up to this size are copied out of tungstenite's read buffer; larger ones have
-/// a buffer of their own already.
-const COPY_UP_TO: usize = 16 << 10;
-
-/// The size of a block that received payloads are copied into.
-const COPY_BLOCK: usize = 64 << 10;
-
-/// Filled blocks kept for reuse.
-const SPARE_BLOCKS: usize = 4;
+/// Data frames up to this size are read from the wire's buffer, without tungstenite; the
+/// rare larger ones go through it.
+const READ_UP_TO: usize = 16 << 10;
 
 /// The state of one connection between the upgrade and its end.
 pub(crate) struct Link {
@@ -88,7 +81,6 @@ pub(crate) struct Link {
 
     /// Received data the application's queue has not accepted yet, in order.
     received: VecDeque<Message>,
-    copies: Copies,
     /// Why the read side ended; reported once `received` is handed over.
     ended: Option<Error>,
     /// The close frame the peer sent, if any.
@@ -129,7 +121,6 @@ impl Link {
             unflushed: false,
             write_closed: false,
             received: VecDeque::new(),
-            copies: Copies::default(),
             ended: None,
             close_code: None,
             masks: StdRng::from_rng(&mut rand::rng()),
@@ -238,7 +229,7 @@ impl Link {
                     // The frame at the front is tungstenite's to read.
                     Poll::Ready(Ok(None)) => {}
                     Poll::Ready(Err(error)) => {
-                        self.ended = Some(self.read_error(tungstenite::Error::Io(error)));
+                        self.ended = Some(self.read_error(error));
                         break;
                     }
                     Poll::Pending => break,
@@ -252,14 +243,12 @@ impl Link {
                 Some(Ok(tungstenite::Message::Text(text))) => {
                     bytes += text.len();
                     data += 1;
-                    self.received
-                        .push_back(Message::Text(self.copies.utf8(text)));
+                    self.received.push_back(Message::Text(text));
                 }
                 Some(Ok(tungstenite::Message::Binary(payload))) => {
                     bytes += payload.len();
                     data += 1;
-                    self.received
-                        .push_back(Message::Binary(self.copies.bytes(payload)));
+                    self.received.push_back(Message::Binary(payload));
                 }
                 Some(Ok(tungstenite::Message::Pong(payload))) => self.pong(&payload),
                 // tungstenite owes the server a pong, which the next flush sends.
@@ -285,10 +274,13 @@ impl Link {
 
     /// Takes the frame at the front of the wire's read buffer when it is a whole data
     /// frame of modest size, reading more of the stream as needed. Ready with `None` when
-    /// the frame is one for tungstenite: anything else, including text that is not UTF-8,
-    /// which tungstenite then reports as it should.
-    fn read_simple_frame(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Option<Message>>> {
-        let max_payload = COPY_UP_TO
+    /// the frame is one for tungstenite. Text that is not UTF-8 fails as it would in
+    /// tungstenite.
+    fn read_simple_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Option<Message>, tungstenite::Error>> {
+        let max_payload = READ_UP_TO
             .min(self.shared.config.max_frame_size)
             .min(self.shared.config.max_message_size);
         loop {
@@ -302,19 +294,12 @@ impl Link {
                 }
             };
 
-            let payload = wire.payload(start, end);
+            let payload = wire.take_payload(start, end);
             let message = if text {
-                match self.copies.text(payload) {
-                    Some(text) => Message::Text(text),
-                    None => {
-                        wire.delegate_front();
-                        return Poll::Ready(Ok(None));
-                    }
-                }
+                Message::Text(Utf8Bytes::try_from(payload)?)
             } else {
-                Message::Binary(self.copies.copy(payload))
+                Message::Binary(payload)
             };
-            wire.consume(end);
             return Poll::Ready(Ok(Some(message)));
         }
     }
@@ -608,76 +593,6 @@ impl Link {
             Pushed::Unread(unread) => unread,
         };
         Counters::add(&self.shared.counters.unread, unread);
-    }
-}
-
-/// Copies received payloads out of the read buffer into blocks of our own.
-///
-/// A payload left in the read buffer it arrived in (the wire's or tungstenite's) keeps
-/// that buffer from being reused while the application holds it, so the next read gets a
-/// fresh buffer just large enough for one frame and every read is small. Copied payloads
-/// leave the read buffer free, so reads stay large. A filled block is kept, up to a few,
-/// and reused once the application has dropped everything copied into it, so steady
-/// traffic does not keep asking the allocator for fresh pages.
-///
-/// Not yet: at 16 KiB the copy, and fresh blocks from the allocator while the application
-/// holds the old ones, keep echo throughput near 0.9 of a raw client that drops each
-/// payload at once.
-#[derive(Debug, Default)]
-struct Copies {
-    block: BytesMut,
-    /// Filled blocks, oldest first, that may still hold payloads the application has.
-    spare: VecDeque<BytesMut>,
-}
-
-impl Copies {
-    fn bytes(&mut self, payload: Bytes) -> Bytes {
-        if payload.len() > COPY_UP_TO {
-            return payload;
-        }
-        self.copy(&payload)
-    }
-
-    fn utf8(&mut self, text: Utf8Bytes) -> Utf8Bytes {
-        if text.len() > COPY_UP_TO {
-            return text;
-        }
-        // The copy is valid UTF-8 as the original was; the check only costs a scan.
-        let copy = self.copy(text.as_bytes());
-        Utf8Bytes::try_from(copy).unwrap_or(text)
-    }
-
-    /// A copy of `payload` as text, or `None` when it is not UTF-8.
-    fn text(&mut self, payload: &[u8]) -> Option<Utf8Bytes> {
-        // Checked on the copy, so the bytes are scanned once.
-        Utf8Bytes::try_from(self.copy(payload)).ok()
-    }
-
-    fn copy(&mut self, data: &[u8]) -> Bytes {
-        if self.block.capacity() < data.len() && !self.block.try_reclaim(data.len()) {
-            self.next_block(data.len());
-        }
-        self.block.extend_from_slice(data);
-        self.block.split().freeze()
-    }
-
-    /// Moves on to a spare block the application has let go of, or to a new one.
-    fn next_block(&mut self, at_least: usize) {
-        let free = self
-            .spare
-            .iter_mut()
-            .position(|block| block.try_reclaim(at_least));
-        let next = match free.and_then(|index| self.spare.remove(index)) {
-            Some(block) => block,
-            None => BytesMut::with_capacity(COPY_BLOCK.max(at_least)),
-        };
-
-        let filled = std::mem::replace(&mut self.block, next);
-        self.spare.push_back(filled);
-        if self.spare.len() > SPARE_BLOCKS {
-            // Its payloads stay valid; the block itself is freed with the last of them.
-            self.spare.pop_front();
-        }
     }
 }
 

@@ -19,8 +19,10 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::blocks::Blocks;
 
 /// Opcode of a text frame.
 pub(crate) const TEXT: u8 = 0x1;
@@ -79,6 +81,8 @@ pub(crate) struct Wire<S> {
 
     /// Bytes read from the stream and not yet taken.
     rbuf: BytesMut,
+    /// Read buffers given up while the application holds payloads taken from them.
+    blocks: Blocks,
     /// Bytes at the front of `rbuf` that belong to frames handed to tungstenite.
     delegated: usize,
     /// tungstenite holds the start of a fragmented message: every frame goes to it until
@@ -104,6 +108,7 @@ impl<S> Wire<S> {
             max_queued,
             usual_capacity: usual_size,
             rbuf: BytesMut::new(),
+            blocks: Blocks::default(),
             delegated: 0,
             fragmented: false,
             eof: false,
@@ -200,28 +205,17 @@ impl<S> Wire<S> {
         }
     }
 
-    /// The bytes `start..end` of the read buffer, as [`Wire::front`] described them.
-    pub(crate) fn payload(&self, start: usize, end: usize) -> &[u8] {
-        &self.rbuf[start..end]
-    }
-
-    /// Drops the first `length` bytes of the read buffer: a frame the socket task took.
-    pub(crate) fn consume(&mut self, length: usize) {
-        self.rbuf.advance(length);
+    /// Takes the frame at the front, `..end`, and returns its payload `start..end` without
+    /// copying it.
+    pub(crate) fn take_payload(&mut self, start: usize, end: usize) -> Bytes {
+        let mut frame = self.rbuf.split_to(end);
+        frame.advance(start);
+        frame.freeze()
     }
 
     /// Whether bytes arrived since the last call, whoever read them.
     pub(crate) fn take_progress(&mut self) -> bool {
         std::mem::take(&mut self.progress)
-    }
-
-    /// Leaves the frame at the front to tungstenite, when the socket task found it wanting.
-    pub(crate) fn delegate_front(&mut self) {
-        if self.delegated == 0
-            && let Some(header) = Header::parse(&self.rbuf)
-        {
-            self.delegate(&header);
-        }
     }
 
     fn delegate(&mut self, header: &Header) {
@@ -244,7 +238,7 @@ impl<S: AsyncRead + Unpin> Wire<S> {
     /// Cancel safe.
     pub(crate) fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         if self.rbuf.capacity() - self.rbuf.len() < READ_SIZE / 4 {
-            self.rbuf.reserve(READ_SIZE);
+            self.blocks.make_room(&mut self.rbuf, READ_SIZE, READ_SIZE);
         }
         let read = ready!(tokio_util::io::poll_read_buf(
             Pin::new(&mut self.inner),
