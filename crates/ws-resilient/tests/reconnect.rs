@@ -290,6 +290,14 @@ async fn bad_settings_are_refused_at_build() {
         .build()
         .unwrap_err();
 
+    let zero_bytes = Client::builder("ws://127.0.0.1:1")
+        .config(Config {
+            inbound_max_bytes: 0,
+            ..Config::default()
+        })
+        .build()
+        .unwrap_err();
+
     let bad_port = Client::builder("ws://127.0.0.1:99999/")
         .build()
         .unwrap_err();
@@ -320,6 +328,10 @@ async fn bad_settings_are_refused_at_build() {
     assert_eq!(
         zero.to_string(),
         "inbound_capacity must be greater than zero"
+    );
+    assert_eq!(
+        zero_bytes.to_string(),
+        "inbound_max_bytes must be greater than zero"
     );
 }
 
