@@ -20,7 +20,7 @@ use bytes::Bytes;
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use tokio::sync::mpsc;
+use tokio::sync::mpsc::{self, error::TryRecvError};
 use tokio::time::{Instant, Interval, MissedTickBehavior, Sleep};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -439,16 +439,8 @@ impl Link {
             // Not a message: `push_frame` does not count it.
             return Some((wire::PING, payload));
         }
-        if self.hook_open {
-            match hook.poll_recv(cx) {
-                Poll::Ready(Some(message)) => {
-                    self.in_flight += 1;
-                    return Some(message.into_frame_parts());
-                }
-                // Every `HookSender` is gone: nothing more can come this way.
-                Poll::Ready(None) => self.hook_open = false,
-                Poll::Pending => {}
-            }
+        if let Some(message) = self.next_hook_message(cx, hook) {
+            return Some(message.into_frame_parts());
         }
         if !self.hook_done {
             return None;
@@ -463,6 +455,53 @@ impl Link {
             }
             self.take_from_outbox();
         }
+    }
+
+    /// The next message the hook sent, counted in flight, registering for a wake-up when
+    /// there is none.
+    fn next_hook_message(
+        &mut self,
+        cx: &mut Context<'_>,
+        hook: &mut mpsc::UnboundedReceiver<Message>,
+    ) -> Option<Message> {
+        if !self.hook_open {
+            return None;
+        }
+        // `try_recv` first: unlike `poll_recv` it does not draw on tokio's cooperative
+        // budget, which answering a flood of pings can use up, and a message the hook sent
+        // must never look absent while buffered messages go out behind it.
+        let polled = match hook.try_recv() {
+            Ok(message) => Poll::Ready(Some(message)),
+            Err(TryRecvError::Disconnected) => Poll::Ready(None),
+            Err(TryRecvError::Empty) => hook.poll_recv(cx),
+        };
+        match polled {
+            Poll::Ready(Some(message)) => {
+                self.in_flight += 1;
+                Some(message)
+            }
+            Poll::Ready(None) => {
+                // Every `HookSender` is gone: nothing more can come this way.
+                self.hook_open = false;
+                None
+            }
+            Poll::Pending => None,
+        }
+    }
+
+    /// Ends the hook's channel for this connection and counts what it still held as in
+    /// flight, so that what the hook sent is written or reported, never dropped unseen.
+    pub(crate) fn take_hook_messages(
+        &mut self,
+        hook: &mut mpsc::UnboundedReceiver<Message>,
+    ) -> Vec<Message> {
+        hook.close();
+        let mut messages = Vec::new();
+        while let Ok(message) = hook.try_recv() {
+            messages.push(message);
+        }
+        self.in_flight += messages.len() as u64;
+        messages
     }
 
     /// Frames one message or ping into the wire, masked as a client must.
@@ -511,12 +550,22 @@ impl Link {
         Poll::Ready(Error::WebSocket(Arc::new(error)))
     }
 
-    /// Writes what was taken, sends a normal close and waits, within `timeout`, for the
-    /// peer's close. Counts everything written before the close as sent when the close
-    /// frame was flushed, and hands over the data the peer sent before its close.
-    pub(crate) async fn close(&mut self, timeout: Duration) {
+    /// Writes what the hook sent and what was taken, sends a normal close and waits, within
+    /// `timeout`, for the peer's close. Counts everything written before the close as sent
+    /// when the close frame was flushed, and hands over the data the peer sent before its
+    /// close.
+    pub(crate) async fn close(
+        &mut self,
+        timeout: Duration,
+        hook: &mut mpsc::UnboundedReceiver<Message>,
+    ) {
         self.hand_over_without_waiting();
+        let from_hook = self.take_hook_messages(hook);
         if !self.write_closed && self.close_code.is_none() {
+            for message in from_hook {
+                let (opcode, payload) = message.into_frame_parts();
+                self.push_frame(opcode, &payload);
+            }
             while let Some(entry) = self.outgoing.pop_front() {
                 let (opcode, payload) = entry.message.into_frame_parts();
                 self.push_frame(opcode, &payload);

@@ -287,7 +287,7 @@ impl Supervisor {
             debug!(?reason, "closing");
             shared.state.send_replace(State::Closing);
             shared.outbox.refuse();
-            link.close(shared.config.close_timeout).await;
+            link.close(shared.config.close_timeout, &mut hook_rx).await;
         }
         if let Ended::Failed { error, .. } = &ended
             && let Some(code) = error.violation_code()
@@ -295,6 +295,8 @@ impl Supervisor {
             link.refuse(code, shared.config.close_timeout).await;
         }
         link.put_back_unwritten();
+        // The hook runs again on the next connection; what it sent for this one is lost.
+        link.take_hook_messages(&mut hook_rx);
         if link.in_flight() > 0 {
             report_discards(&shared, DiscardReason::LostInFlight, link.in_flight());
         }
