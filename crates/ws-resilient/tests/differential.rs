@@ -32,12 +32,11 @@ use steadfast_ws_resilient::{
     Backoff, BufferConfig, CancellationToken, Client, CloseReason, Config, Error, Jitter, Message,
     Overflow,
 };
-use support::{Accepted, Server};
+use support::{Accepted, Server, upgrade_answer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, mpsc};
 use tokio_tungstenite::tungstenite::error::ProtocolError;
-use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message as Frame};
 
@@ -1125,31 +1124,6 @@ fn client_frame(bytes: &[u8]) -> Option<(u8, Vec<u8>, usize)> {
         *byte ^= mask[index % 4];
     }
     Some((first & 0x0F, payload, end))
-}
-
-/// Reads the upgrade request and returns the answer that accepts it, its head's lines
-/// ended by `line_end`; `None` if the client went away first.
-async fn upgrade_answer(tcp: &mut TcpStream, line_end: &str) -> Option<Vec<u8>> {
-    let mut request = Vec::new();
-    while !request.ends_with(b"\r\n\r\n") {
-        request.push(tcp.read_u8().await.ok()?);
-    }
-    let request = String::from_utf8(request).ok()?;
-    let key = request.lines().find_map(|line| {
-        let (name, value) = line.split_once(':')?;
-        name.eq_ignore_ascii_case("sec-websocket-key")
-            .then(|| value.trim().to_owned())
-    })?;
-    let accept = derive_accept_key(key.as_bytes());
-    let head = [
-        "HTTP/1.1 101 Switching Protocols",
-        "Upgrade: websocket",
-        "Connection: Upgrade",
-        &format!("Sec-WebSocket-Accept: {accept}"),
-        "",
-        "",
-    ];
-    Some(head.join(line_end).into_bytes())
 }
 
 /// The ground truth: a plain tokio-tungstenite client, read until its stream ends.

@@ -11,7 +11,6 @@ use steadfast_ws_resilient::{Client, Config, Error, Event, Message};
 use support::{Accepted, Server, config, wait_open};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 const TEXT: u8 = 0x1;
 const BINARY: u8 = 0x2;
@@ -50,30 +49,9 @@ async fn upgrade_answer(tcp: &mut TcpStream) -> Vec<u8> {
 
 /// The same, with `line_end` ending each line of the answer's head.
 async fn upgrade_answer_with(tcp: &mut TcpStream, line_end: &str) -> Vec<u8> {
-    let mut request = Vec::new();
-    while !request.ends_with(b"\r\n\r\n") {
-        request.push(tcp.read_u8().await.unwrap());
-    }
-    let request = String::from_utf8(request).unwrap();
-    let key = request
-        .lines()
-        .find_map(|line| {
-            let (name, value) = line.split_once(':')?;
-            name.eq_ignore_ascii_case("sec-websocket-key")
-                .then(|| value.trim().to_owned())
-        })
-        .expect("a key");
-    let accept = derive_accept_key(key.as_bytes());
-    [
-        "HTTP/1.1 101 Switching Protocols",
-        "Upgrade: websocket",
-        "Connection: Upgrade",
-        &format!("Sec-WebSocket-Accept: {accept}"),
-        "",
-        "",
-    ]
-    .join(line_end)
-    .into_bytes()
+    support::upgrade_answer(tcp, line_end)
+        .await
+        .expect("an upgrade request")
 }
 
 /// A server that answers the upgrade with lines ended by `line_end`, sends `frames` in

@@ -13,11 +13,13 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use steadfast_ws_resilient::{Backoff, Client, Config, Incoming, Jitter, State};
+use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message as Frame;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
@@ -165,4 +167,30 @@ pub async fn wait_open(client: &Client) {
 pub async fn wait_not_open(client: &Client) {
     let mut state = client.state();
     state.wait_for(|state| !state.is_open()).await.unwrap();
+}
+
+/// For servers that write their own bytes: reads the upgrade request and returns the
+/// answer that accepts it, its head's lines ended by `line_end`; `None` if the client went
+/// away first.
+pub async fn upgrade_answer(tcp: &mut TcpStream, line_end: &str) -> Option<Vec<u8>> {
+    let mut request = Vec::new();
+    while !request.ends_with(b"\r\n\r\n") {
+        request.push(tcp.read_u8().await.ok()?);
+    }
+    let request = String::from_utf8(request).ok()?;
+    let key = request.lines().find_map(|line| {
+        let (name, value) = line.split_once(':')?;
+        name.eq_ignore_ascii_case("sec-websocket-key")
+            .then(|| value.trim().to_owned())
+    })?;
+    let accept = derive_accept_key(key.as_bytes());
+    let head = [
+        "HTTP/1.1 101 Switching Protocols",
+        "Upgrade: websocket",
+        "Connection: Upgrade",
+        &format!("Sec-WebSocket-Accept: {accept}"),
+        "",
+        "",
+    ];
+    Some(head.join(line_end).into_bytes())
 }
