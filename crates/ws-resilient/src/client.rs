@@ -3,7 +3,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use tokio::sync::{broadcast, mpsc, watch};
@@ -138,7 +138,7 @@ impl Builder {
             outbox: Outbox::new(self.config.buffer.clone(), self.config.max_message_size),
             inbox: Inbox::new(self.config.inbound_capacity, self.config.inbound_max_bytes),
             counters: Counters::default(),
-            events,
+            events: Mutex::new(Some(events)),
             state,
             rtt: Mutex::new(None),
             stop,
@@ -220,7 +220,8 @@ pub(crate) struct Shared {
     pub(crate) outbox: Outbox,
     pub(crate) inbox: Inbox,
     pub(crate) counters: Counters,
-    pub(crate) events: broadcast::Sender<Event>,
+    /// Taken away when the client closes, so that every `Events` stream ends.
+    pub(crate) events: Mutex<Option<broadcast::Sender<Event>>>,
     pub(crate) state: watch::Sender<State>,
     pub(crate) rtt: Mutex<Option<Duration>>,
     /// Cancelled by `close`, by the application's token, or when the last `Client` goes.
@@ -244,8 +245,19 @@ impl Shared {
     }
 
     pub(crate) fn emit(&self, event: Event) {
-        // No subscriber is fine: events are for whoever wants them.
-        let _ = self.events.send(event);
+        if let Some(events) = &*self.lock_events() {
+            // No subscriber is fine: events are for whoever wants them.
+            let _ = events.send(event);
+        }
+    }
+
+    /// Ends every `Events` stream once it has seen what was sent so far.
+    pub(crate) fn end_events(&self) {
+        self.lock_events().take();
+    }
+
+    fn lock_events(&self) -> MutexGuard<'_, Option<broadcast::Sender<Event>>> {
+        self.events.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     pub(crate) fn set_rtt(&self, rtt: Duration) {
@@ -346,11 +358,15 @@ impl Client {
         self.state.borrow().clone()
     }
 
-    /// Events from now on.
+    /// Events from now on; the stream ends once the client has closed and its last event,
+    /// [`Event::Closed`], was seen.
     pub fn events(&self) -> Events {
-        Events {
-            receiver: self.shared.events.subscribe(),
-        }
+        let receiver = match &*self.shared.lock_events() {
+            Some(events) => events.subscribe(),
+            // Closed already: a stream that ends at once.
+            None => broadcast::channel(1).1,
+        };
+        Events { receiver }
     }
 
     /// The counters so far.

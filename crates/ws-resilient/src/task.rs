@@ -66,6 +66,7 @@ fn finish(shared: &Shared, reason: CloseReason) {
     debug!(?reason, "closed");
     shared.state.send_replace(State::Closed(reason.clone()));
     shared.emit(Event::Closed(reason));
+    shared.end_events();
 }
 
 /// Ends the client when the socket task goes: the reader gets the end of its messages, and

@@ -9,9 +9,9 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use steadfast_testkit::FaultProxy;
 use steadfast_ws_resilient::{
-    Backoff, CancellationToken, Client, CloseReason, Config, Error, Jitter, SendError, State,
+    Backoff, CancellationToken, Client, CloseReason, Config, Error, Event, Jitter, SendError, State,
 };
-use support::{Server, close_with, config, dead_address, record_texts};
+use support::{Server, close_with, config, dead_address, record_texts, wait_open};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message as Frame;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
@@ -115,6 +115,33 @@ async fn cancelling_the_token_closes_like_close() {
         client.send("two").await,
         Err(SendError::Closed(_))
     ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_event_stream_ends_after_the_closed_event() {
+    let server = Server::start(record_texts).await;
+    let (client, _incoming) = support::client_for(&server, Config::default());
+    let mut events = client.events();
+    wait_open(&client).await;
+
+    client.close().await;
+    let mut seen = Vec::new();
+    let ended = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(event) = events.next().await {
+            seen.push(event);
+        }
+    })
+    .await;
+
+    assert!(ended.is_ok(), "the stream did not end: {seen:?}");
+    assert!(
+        matches!(seen.last(), Some(Event::Closed(CloseReason::Requested))),
+        "{seen:?}"
+    );
+    assert!(
+        client.events().next().await.is_none(),
+        "subscribed after close"
+    );
 }
 
 #[tokio::test(start_paused = true)]
