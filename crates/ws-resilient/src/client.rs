@@ -74,7 +74,8 @@ impl Builder {
     }
 
     /// Builds the upgrade request afresh for every attempt, so that headers and tokens are
-    /// current each time. An error fails that attempt. By default the request is a plain
+    /// current each time. An error or a panic fails that attempt. It runs in the client's
+    /// task before each connect, so it should not block. By default the request is a plain
     /// GET of the URL given to [`Builder::new`].
     pub fn request<F>(mut self, request: F) -> Self
     where

@@ -322,13 +322,28 @@ fn ws_config(config: &Config) -> WebSocketConfig {
         .max_write_buffer_size(config.max_write_buffer_size)
 }
 
+/// Calls the application's request builder. A panic in it fails this attempt, as an error
+/// would, instead of taking the socket task down with it.
+fn build_request(request: &RequestFn) -> Result<Request, Error> {
+    let built = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| request()))
+        .unwrap_or_else(|panic| {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|text| (*text).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic without a message".to_owned());
+            Err(format!("the request builder panicked: {message}").into())
+        });
+    built.map_err(|error| Error::Request(Arc::new(error)))
+}
+
 /// One attempt: a fresh request, TCP, TLS and the upgrade, all within the connect timeout.
 async fn connect(
     request: &RequestFn,
     shared: &Shared,
     ws_config: WebSocketConfig,
 ) -> Result<Socket, Error> {
-    let request = request().map_err(|error| Error::Request(Arc::new(error)))?;
+    let request = build_request(request)?;
     let timeout = shared.config.connect_timeout;
     match tokio::time::timeout(timeout, handshake(request, shared, ws_config)).await {
         Ok(connected) => connected,

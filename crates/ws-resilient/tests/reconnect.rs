@@ -222,6 +222,36 @@ async fn the_request_builder_runs_for_every_attempt() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_panicking_request_builder_fails_the_attempt_and_the_client_retries() {
+    let mut server = Server::start(record_texts).await;
+    let url = server.url();
+    let calls = Arc::new(AtomicU32::new(0));
+    let (client, _incoming) = Client::builder(url.clone())
+        .config(config(Duration::from_millis(100)))
+        .request(move || {
+            if calls.fetch_add(1, Ordering::Relaxed) == 0 {
+                panic!("no token yet");
+            }
+            Ok(url.as_str().into_client_request()?)
+        })
+        .build()
+        .unwrap();
+    let mut events = client.events();
+
+    let error = loop {
+        if let Some(Event::Disconnected { error }) = events.next().await {
+            break error;
+        }
+    };
+    client.send("after the panic").await.unwrap();
+
+    assert!(matches!(error, Error::Request(_)), "{error:?}");
+    let cause = std::error::Error::source(&error).unwrap().to_string();
+    assert_eq!(cause, "the request builder panicked: no token yet");
+    assert_eq!(server.take(1).await, ["after the panic"]);
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_failing_hook_counts_as_a_failed_attempt() {
     let mut server = Server::start(record_texts).await;
     let calls = Arc::new(AtomicU32::new(0));
