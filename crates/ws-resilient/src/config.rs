@@ -14,7 +14,8 @@ use steadfast_backoff::{Backoff, ErrorClass};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Config {
-    /// Reconnect delays and limits. Default: 500 ms doubling to 30 s, full jitter, no
+    /// Reconnect delays and limits. Default: 500 ms doubling to 30 s, full jitter from zero
+    /// (so that clients dropped together do not all come back after exactly 500 ms), no
     /// attempt or time limit. `max_attempts` and `max_elapsed` count consecutive failed
     /// attempts; they start again after a stable connection.
     pub backoff: Backoff,
@@ -67,7 +68,9 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Self {
-            backoff: Backoff::exponential(Duration::from_millis(500)).unlimited_attempts(),
+            backoff: Backoff::exponential(Duration::from_millis(500))
+                .min_delay(Duration::ZERO)
+                .unlimited_attempts(),
             stable_after: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(10),
             ping_interval: Some(Duration::from_secs(15)),

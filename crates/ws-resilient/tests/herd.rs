@@ -25,7 +25,16 @@ struct Run {
     rejected: Vec<Vec<u128>>,
 }
 
-async fn herd(master_seed: u64) -> Run {
+/// The backoff of the case: 1 s doubling to 30 s, full jitter from zero.
+fn case_backoff() -> Backoff {
+    Backoff::exponential(Duration::from_secs(1))
+        .max_delay(Duration::from_secs(30))
+        .min_delay(Duration::ZERO)
+        .jitter(Jitter::Full)
+        .unlimited_attempts()
+}
+
+async fn herd(master_seed: u64, backoff: Backoff) -> Run {
     let reject = Arc::new(AtomicBool::new(false));
     let (kick, _) = watch::channel(0u32);
     let kick = Arc::new(kick);
@@ -61,11 +70,7 @@ async fn herd(master_seed: u64) -> Run {
     let mut clients = Vec::new();
     for id in 0..CLIENTS {
         let config = Config {
-            backoff: Backoff::exponential(Duration::from_secs(1))
-                .max_delay(Duration::from_secs(30))
-                .min_delay(Duration::ZERO)
-                .jitter(Jitter::Full)
-                .unlimited_attempts(),
+            backoff: backoff.clone(),
             ping_interval: None,
             seed: Some(master_seed ^ (id as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)),
             ..Config::default()
@@ -91,6 +96,10 @@ async fn herd(master_seed: u64) -> Run {
     attempts.lock().unwrap().clear();
     let dropped_at = Instant::now();
     kick.send_modify(|generation| *generation += 1);
+    // Every client notices the drop and tries again; only then can "open" mean reopened.
+    while clients_logged(&attempts) < CLIENTS {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     for (client, _) in &clients {
         wait_open(client).await;
     }
@@ -119,10 +128,25 @@ async fn herd(master_seed: u64) -> Run {
     }
 }
 
+/// How many distinct clients have logged an attempt.
+fn clients_logged(attempts: &Mutex<Vec<(usize, Instant)>>) -> usize {
+    let attempts = attempts.lock().unwrap();
+    attempts
+        .iter()
+        .map(|(id, _)| id)
+        .collect::<BTreeSet<_>>()
+        .len()
+}
+
 #[tokio::test(start_paused = true)]
 async fn ws_06_many_clients_dropped_at_once_do_not_reconnect_in_lockstep() {
-    let run = herd(7).await;
+    let run = herd(7, case_backoff()).await;
 
+    assert!(
+        run.first_wave.iter().all(|at| *at <= 1_000),
+        "every first reconnect within the first delay: {:?}",
+        run.first_wave
+    );
     let immediate = run.first_wave.iter().filter(|at| **at == 0).count();
     assert!(
         immediate < CLIENTS,
@@ -155,9 +179,45 @@ async fn ws_06_many_clients_dropped_at_once_do_not_reconnect_in_lockstep() {
     );
     assert!(capped_gaps.iter().all(|gap| *gap <= 30_000));
 
-    let again = herd(7).await;
+    let again = herd(7, case_backoff()).await;
     assert_eq!(
         run, again,
         "the same master seed reproduces every attempt time"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_default_backoff_spreads_the_first_reconnects_too() {
+    let default = Config::default().backoff;
+
+    let run = herd(11, default.clone()).await;
+
+    // Full jitter from zero to the 500 ms initial delay: 200 clients over half a second.
+    let initial = default.initial.as_millis();
+    assert!(
+        run.first_wave.iter().all(|at| *at <= initial),
+        "{:?}",
+        run.first_wave
+    );
+    let distinct: BTreeSet<_> = run.first_wave.iter().collect();
+    assert!(
+        distinct.len() > CLIENTS / 2,
+        "only {} distinct first reconnect times",
+        distinct.len()
+    );
+    let busiest = (0..=initial)
+        .step_by(10)
+        .map(|start| {
+            let window = start..start + 100;
+            run.first_wave
+                .iter()
+                .filter(|at| window.contains(*at))
+                .count()
+        })
+        .max()
+        .unwrap();
+    assert!(
+        busiest <= CLIENTS / 3,
+        "{busiest} reconnects in one 100 ms window"
     );
 }
