@@ -305,7 +305,10 @@ impl Client {
     /// # Errors
     ///
     /// [`SendError`], with the message inside: the buffer is full (reject policy), the
-    /// message is too large, or the client is closed.
+    /// message is larger than the buffer itself ([`BufferConfig::max_bytes`], 1 MiB by
+    /// default) or than [`Config::max_message_size`], or the client is closed.
+    ///
+    /// [`BufferConfig::max_bytes`]: crate::BufferConfig::max_bytes
     ///
     /// # Cancel safety
     ///
@@ -394,7 +397,8 @@ impl Client {
     /// [`Config::close_timeout`]. Calling it again, or after the client stopped by itself,
     /// returns at once.
     ///
-    /// Returns the messages still buffered, which were never handed to a socket.
+    /// Returns the messages still buffered, which were never handed to a socket. Of several
+    /// calls at once, one gets them and the others an empty list.
     ///
     /// # Cancel safety
     ///
@@ -453,8 +457,9 @@ impl Incoming {
     }
 
     /// Appends up to `limit` waiting messages to `buffer`, waiting only if none is waiting;
-    /// returns how many were added, 0 once the client is closed and every message was read.
-    /// Cheaper than [`Incoming::recv`] per message under load.
+    /// returns how many were added, 0 once the client is closed and every message was read
+    /// (or at once when `limit` is 0). Cheaper than [`Incoming::recv`] per message under
+    /// load.
     ///
     /// # Cancel safety
     ///

@@ -9,10 +9,11 @@ use steadfast_backoff::{Backoff, ErrorClass};
 /// Every plain setting of a [`Client`](crate::Client), with documented defaults.
 ///
 /// Build one with `Config { field: value, ..Config::default() }` or read it from a
-/// configuration file (serde); things that are code (the request builder, the on-connect
+/// configuration file (serde: missing fields take their defaults, and a misspelt one is an
+/// error rather than silently ignored); things that are code (the request builder, the on-connect
 /// hook, a cancellation token) go on the [`Builder`](crate::Builder) instead.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Reconnect delays and limits. Default: 500 ms doubling to 30 s, full jitter from zero
     /// (so that clients dropped together do not all come back after exactly 500 ms), no
@@ -53,7 +54,9 @@ pub struct Config {
     /// The largest message accepted either way, in bytes (default 16 MiB; tungstenite's own
     /// default is 64 MiB).
     pub max_message_size: usize,
-    /// The largest frame accepted, in bytes (default 4 MiB).
+    /// The largest frame accepted, in bytes (default 16 MiB, as large as a message: most
+    /// servers send a message as one frame, and a larger one is answered with 1009, which
+    /// stops the client by default).
     pub max_frame_size: usize,
     /// Bytes gathered before a write reaches the socket (default 128 KiB).
     pub write_buffer_size: usize,
@@ -82,7 +85,7 @@ impl Default for Config {
             inbound_capacity: 1024,
             inbound_max_bytes: 1 << 20,
             max_message_size: 16 << 20,
-            max_frame_size: 4 << 20,
+            max_frame_size: 16 << 20,
             write_buffer_size: 128 << 10,
             max_write_buffer_size: 4 << 20,
             seed: None,
@@ -93,7 +96,7 @@ impl Default for Config {
 /// The outbound buffer: every message passes through it, and while the client is not
 /// connected, messages wait there.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct BufferConfig {
     /// The most messages held (default 1024).
     pub max_messages: usize,
@@ -149,7 +152,7 @@ pub enum Action {
 /// Overrides take precedence over the documented defaults of [`Rules::default_for_close`]
 /// and [`Rules::default_for_status`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct Rules {
     /// What a normal close (1000) by the server means (default [`Action::Retry`]: a server
     /// that says goodbye normally is usually restarting or rebalancing).
@@ -276,5 +279,26 @@ mod tests {
         assert_eq!(rules.for_close(4001), Action::Retry);
         assert_eq!(rules.for_status(401), Action::Retry);
         assert_eq!(rules.for_close(1000), Action::Stop);
+    }
+
+    #[test]
+    fn settings_read_back_as_written_and_a_misspelt_one_is_refused() {
+        let config = Config {
+            inbound_max_bytes: 1234,
+            ..Config::default()
+        };
+        let written = serde_json::to_string(&config).unwrap();
+        let read: Config = serde_json::from_str(&written).unwrap();
+        assert_eq!(read, config);
+
+        let partial: Config = serde_json::from_str(r#"{"inbound_capacity": 7}"#).unwrap();
+        assert_eq!(partial.inbound_capacity, 7);
+        assert_eq!(partial.max_message_size, Config::default().max_message_size);
+
+        let typo = serde_json::from_str::<Config>(r#"{"inbound_capacty": 7}"#).unwrap_err();
+        assert!(typo.to_string().contains("inbound_capacty"), "{typo}");
+        let nested = r#"{"buffer": {"max_byte": 7}}"#;
+        let typo = serde_json::from_str::<Config>(nested).unwrap_err();
+        assert!(typo.to_string().contains("max_byte"), "{typo}");
     }
 }
