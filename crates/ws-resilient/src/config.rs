@@ -10,8 +10,8 @@ use steadfast_backoff::{Backoff, ErrorClass};
 ///
 /// Build one with `Config { field: value, ..Config::default() }` or read it from a
 /// configuration file (serde: missing fields take their defaults, and a misspelt one is an
-/// error rather than silently ignored); things that are code (the request builder, the on-connect
-/// hook, a cancellation token) go on the [`Builder`](crate::Builder) instead.
+/// error rather than silently ignored); things that are code (the request builder, the
+/// on-connect hook, a cancellation token) go on the [`Builder`](crate::Builder) instead.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
