@@ -56,6 +56,12 @@ impl Blocks {
             self.given_up.pop_front();
         }
     }
+
+    /// Lets go of every buffer kept, once traffic has stopped: payloads still held stay
+    /// valid, and the rest goes back to the allocator.
+    pub(crate) fn release(&mut self) {
+        self.given_up = VecDeque::new();
+    }
 }
 
 #[cfg(test)]
@@ -118,6 +124,25 @@ mod tests {
 
         assert_eq!(&buffer[..], b"partial");
         assert!(buffer.capacity() - buffer.len() >= 32);
+    }
+
+    #[test]
+    fn released_buffers_leave_held_payloads_intact() {
+        let mut blocks = Blocks::default();
+        let mut buffer = BytesMut::new();
+        let held: Vec<_> = (0..4)
+            .map(|n| filled(&mut blocks, &mut buffer, n))
+            .collect();
+        assert!(!blocks.given_up.is_empty());
+
+        blocks.release();
+        let after = filled(&mut blocks, &mut buffer, 9);
+
+        assert!(blocks.given_up.len() <= 1);
+        for (n, payload) in held.iter().enumerate() {
+            assert_eq!(payload[..], [n as u8; 16]);
+        }
+        assert_eq!(after[..], [9; 16]);
     }
 
     #[test]

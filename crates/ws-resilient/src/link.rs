@@ -343,6 +343,7 @@ impl Link {
         let timeout = self.shared.config.pong_timeout;
         if let Some(ticker) = self.ticker.as_mut() {
             while ticker.poll_tick(cx).is_ready() {
+                self.socket.get_mut().release_if_idle();
                 if self.pong_due {
                     continue;
                 }

@@ -83,6 +83,8 @@ pub(crate) struct Wire<S> {
     rbuf: BytesMut,
     /// Read buffers given up while the application holds payloads taken from them.
     blocks: Blocks,
+    /// Whether a payload was taken since [`Wire::release_if_idle`] last looked.
+    taken: bool,
     /// Bytes at the front of `rbuf` that belong to frames handed to tungstenite.
     delegated: usize,
     /// tungstenite holds the start of a fragmented message: every frame goes to it until
@@ -109,6 +111,7 @@ impl<S> Wire<S> {
             usual_capacity: usual_size,
             rbuf: BytesMut::new(),
             blocks: Blocks::default(),
+            taken: false,
             delegated: 0,
             fragmented: false,
             eof: false,
@@ -208,9 +211,18 @@ impl<S> Wire<S> {
     /// Takes the frame at the front, `..end`, and returns its payload `start..end` without
     /// copying it.
     pub(crate) fn take_payload(&mut self, start: usize, end: usize) -> Bytes {
+        self.taken = true;
         let mut frame = self.rbuf.split_to(end);
         frame.advance(start);
         frame.freeze()
+    }
+
+    /// Lets go of the read buffers kept for reuse when no payload was taken since the last
+    /// call, so that a connection gone quiet after a burst does not keep the burst's memory.
+    pub(crate) fn release_if_idle(&mut self) {
+        if !std::mem::take(&mut self.taken) {
+            self.blocks.release();
+        }
     }
 
     /// Whether bytes arrived since the last call, whoever read them.
