@@ -70,6 +70,22 @@ impl Inbox {
         messages: &mut VecDeque<Message>,
         cx: Option<&Context<'_>>,
     ) -> Pushed {
+        self.push_within(messages, cx, self.max_bytes)
+    }
+
+    /// Moves as many of `messages` as the message bound allows, whatever their size: the
+    /// last data of a client that is closing, already in memory, is not held back by the
+    /// byte bound, which only exists to stop reading the socket.
+    pub(crate) fn push_closing(&self, messages: &mut VecDeque<Message>) -> Pushed {
+        self.push_within(messages, None, usize::MAX)
+    }
+
+    fn push_within(
+        &self,
+        messages: &mut VecDeque<Message>,
+        cx: Option<&Context<'_>>,
+        max_bytes: usize,
+    ) -> Pushed {
         if messages.is_empty() {
             return Pushed::All;
         }
@@ -80,7 +96,7 @@ impl Inbox {
             return Pushed::Unread(unread);
         }
 
-        let (moved, bytes) = self.room_for(&queue, messages);
+        let (moved, bytes) = self.room_for(&queue, messages, max_bytes);
         queue.bytes += bytes;
         if queue.messages.is_empty() && moved == messages.len() {
             // The reader has caught up: the whole burst changes hands without a copy, and
@@ -164,14 +180,23 @@ impl Inbox {
         unread
     }
 
-    /// How many of `messages`, from the front, fit in `queue`, and their payload bytes.
-    fn room_for(&self, queue: &Queue, messages: &VecDeque<Message>) -> (usize, usize) {
+    /// How many of `messages`, from the front, fit in `queue` under `max_bytes`, and their
+    /// payload bytes.
+    fn room_for(
+        &self,
+        queue: &Queue,
+        messages: &VecDeque<Message>,
+        max_bytes: usize,
+    ) -> (usize, usize) {
         let room = self.capacity.saturating_sub(queue.messages.len());
         let mut bytes = 0;
         let mut fits = 0;
         for message in messages.iter().take(room) {
-            let total = queue.bytes + bytes + message.len();
-            if total > self.max_bytes && (fits > 0 || !queue.messages.is_empty()) {
+            let total = queue
+                .bytes
+                .saturating_add(bytes)
+                .saturating_add(message.len());
+            if total > max_bytes && (fits > 0 || !queue.messages.is_empty()) {
                 break;
             }
             bytes += message.len();

@@ -635,9 +635,10 @@ impl Link {
         }
     }
 
-    /// Hands over what the application's queue has room for; the rest is counted unread.
+    /// Hands over what the application's queue has room for in messages; the rest is counted
+    /// unread.
     fn hand_over_without_waiting(&mut self) {
-        let unread = match self.shared.inbox.push(&mut self.received, None) {
+        let unread = match self.shared.inbox.push_closing(&mut self.received) {
             Pushed::All => 0,
             Pushed::Full => std::mem::take(&mut self.received).len() as u64,
             Pushed::Unread(unread) => unread,

@@ -468,7 +468,9 @@ async fn run_hook(
     timeout: Duration,
 ) -> Result<(), Error> {
     let Some(hook) = hook else { return Ok(()) };
-    let task = AbortOnDropHandle::new(tokio::spawn(hook(sender)));
+    // The closure is called inside the spawned task too, so a panic before it returns its
+    // future fails the attempt rather than the socket task.
+    let task = AbortOnDropHandle::new(tokio::spawn(async move { hook(sender).await }));
 
     match tokio::time::timeout(timeout, task).await {
         Err(_) => Err(Error::HookTimeout(timeout)),

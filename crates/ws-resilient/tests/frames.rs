@@ -7,7 +7,7 @@ mod support;
 
 use std::time::Duration;
 
-use steadfast_ws_resilient::{Client, Config, Error, Event, Message};
+use steadfast_ws_resilient::{Client, Config, Error, Message};
 use support::{Accepted, Server, config, wait_open};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -387,13 +387,7 @@ async fn a_large_frame_arriving_slowly_keeps_the_connection_alive() {
     };
     let (client, mut incoming) = support::client_for(&server, config);
     let mut events = client.events();
-    let disconnected = async {
-        loop {
-            if let Some(Event::Disconnected { error }) = events.next().await {
-                return error;
-            }
-        }
-    };
+    let disconnected = support::next_disconnect(&mut events);
 
     tokio::select! {
         message = incoming.recv() => assert_eq!(message.unwrap().len(), 1 << 20),

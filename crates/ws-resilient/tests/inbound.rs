@@ -65,3 +65,45 @@ async fn unread_messages_are_bounded_in_bytes_and_all_arrive_in_order_once_read(
     assert_eq!(metrics.unread, 0);
     client.close().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn data_held_back_by_the_byte_bound_is_still_delivered_when_the_client_closes() {
+    const COUNT: usize = 64;
+    let server = Server::start(|accepted| async move {
+        let mut ws = tokio_tungstenite::accept_async(accepted.tcp).await.unwrap();
+        for index in 0..COUNT {
+            let payload = vec![index as u8; 32 << 10];
+            ws.feed(Frame::Binary(payload.into())).await.unwrap();
+        }
+        ws.flush().await.unwrap();
+        // Reading answers the client's close.
+        while let Some(Ok(_)) = futures_util::StreamExt::next(&mut ws).await {}
+    })
+    .await;
+    let config = Config {
+        ping_interval: None,
+        ..Config::default()
+    };
+    let (client, mut incoming) = client_for(&server, config);
+    wait_open(&client).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    client.close().await;
+    let mut received = Vec::new();
+    while let Some(message) = incoming.recv().await {
+        received.push(message);
+    }
+
+    assert_eq!(client.metrics().unread, 0);
+    assert_eq!(
+        received.len(),
+        COUNT,
+        "more than the 1 MiB bound was waiting"
+    );
+    for (index, message) in received.iter().enumerate() {
+        assert_eq!(
+            message,
+            &Message::Binary(vec![index as u8; 32 << 10].into())
+        );
+    }
+}

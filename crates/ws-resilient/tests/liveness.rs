@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use steadfast_testkit::{Direction, Fault, FaultProxy};
-use steadfast_ws_resilient::{Backoff, Client, Config, Error, Event, Jitter};
+use steadfast_ws_resilient::{Backoff, Client, Config, Jitter};
 use support::{Server, record_texts, wait_open};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message as Frame;
@@ -26,14 +26,6 @@ fn liveness_config() -> Config {
     }
 }
 
-async fn disconnected_by(events: &mut steadfast_ws_resilient::Events) -> Error {
-    loop {
-        if let Some(Event::Disconnected { error }) = events.next().await {
-            return error;
-        }
-    }
-}
-
 #[tokio::test(start_paused = true)]
 async fn ws_01_half_open_connection_is_detected_by_the_clients_own_pings() {
     steadfast_testkit::init_tracing();
@@ -50,7 +42,7 @@ async fn ws_01_half_open_connection_is_detected_by_the_clients_own_pings() {
     let (client, _incoming) = support::client_for(&server, liveness_config());
     let mut events = client.events();
 
-    let error = disconnected_by(&mut events).await;
+    let error = support::next_disconnect(&mut events).await;
     server.wait_for_accepts(2).await;
 
     assert!(error.is_pong_timeout(), "{error}");
@@ -76,7 +68,7 @@ async fn ws_01_black_holed_proxy_is_declared_dead_within_interval_plus_timeout()
 
     proxy.set_fault_for_live(Fault::BlackHole(Direction::Both));
     let cut_at = Instant::now();
-    let error = disconnected_by(&mut events).await;
+    let error = support::next_disconnect(&mut events).await;
 
     assert!(error.is_pong_timeout(), "{error}");
     assert!(

@@ -10,7 +10,7 @@ use futures_util::SinkExt;
 use futures_util::StreamExt;
 use steadfast_testkit::{Fault, FaultProxy};
 use steadfast_ws_resilient::{
-    BoxError, BuildError, Client, Config, Error, Event, IntoClientRequest, SendError, State,
+    BoxError, BuildError, Client, Config, Error, IntoClientRequest, SendError, State,
 };
 use support::{Server, config, record_texts, wait_not_open, wait_open};
 use tokio::time::Instant;
@@ -80,11 +80,7 @@ async fn retry_after_on_a_429_upgrade_answer_is_honoured() {
     let mut events = client.events();
 
     let started = Instant::now();
-    let error = loop {
-        if let Some(Event::Disconnected { error }) = events.next().await {
-            break error;
-        }
-    };
+    let error = support::next_disconnect(&mut events).await;
     proxy.set_fault(Fault::PassThrough);
     wait_open(&client).await;
 
@@ -146,11 +142,7 @@ async fn a_reset_connection_is_replaced() {
 
     assert_eq!(server.take(1).await, ["after"]);
     assert_eq!(proxy.stats().connections_accepted, 2);
-    let dropped = loop {
-        if let Some(Event::Disconnected { error }) = events.next().await {
-            break error;
-        }
-    };
+    let dropped = support::next_disconnect(&mut events).await;
     assert!(matches!(dropped, Error::Dropped), "{dropped:?}");
 }
 
@@ -238,17 +230,41 @@ async fn a_panicking_request_builder_fails_the_attempt_and_the_client_retries() 
         .unwrap();
     let mut events = client.events();
 
-    let error = loop {
-        if let Some(Event::Disconnected { error }) = events.next().await {
-            break error;
-        }
-    };
+    let error = support::next_disconnect(&mut events).await;
     client.send("after the panic").await.unwrap();
 
     assert!(matches!(error, Error::Request(_)), "{error:?}");
     let cause = std::error::Error::source(&error).unwrap().to_string();
     assert_eq!(cause, "the request builder panicked: no token yet");
     assert_eq!(server.take(1).await, ["after the panic"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hook_that_panics_before_returning_its_future_fails_only_that_attempt() {
+    let mut server = Server::start(record_texts).await;
+    let calls = Arc::new(AtomicU32::new(0));
+    let (client, _incoming) = Client::builder(server.url())
+        .config(config(Duration::from_millis(100)))
+        .on_connect(move |hook| {
+            assert_ne!(
+                calls.fetch_add(1, Ordering::Relaxed),
+                0,
+                "first call panics"
+            );
+            async move {
+                hook.send("subscribed")?;
+                Ok(())
+            }
+        })
+        .build()
+        .unwrap();
+    let mut events = client.events();
+
+    let error = support::next_disconnect(&mut events).await;
+
+    assert!(matches!(error, Error::Hook(_)), "{error}");
+    assert_eq!(server.take(1).await, ["subscribed"]);
+    assert!(client.current_state().is_open());
 }
 
 #[tokio::test(start_paused = true)]
@@ -272,11 +288,7 @@ async fn a_failing_hook_counts_as_a_failed_attempt() {
     let mut events = client.events();
     client.send("data").await.unwrap();
 
-    let error = loop {
-        if let Some(Event::Disconnected { error }) = events.next().await {
-            break error;
-        }
-    };
+    let error = support::next_disconnect(&mut events).await;
 
     assert!(matches!(error, Error::Hook(_)), "{error}");
     assert_eq!(server.take(2).await, ["subscribed", "data"]);
@@ -299,11 +311,7 @@ async fn the_connect_timeout_covers_the_upgrade() {
     let mut events = client.events();
 
     let started = Instant::now();
-    let error = loop {
-        if let Some(Event::Disconnected { error }) = events.next().await {
-            break error;
-        }
-    };
+    let error = support::next_disconnect(&mut events).await;
 
     assert!(matches!(error, Error::ConnectTimeout(limit) if limit == Duration::from_secs(2)));
     assert_eq!(started.elapsed(), Duration::from_secs(2));

@@ -2,6 +2,8 @@
 
 #![cfg(feature = "rustls")]
 
+mod support;
+
 use std::sync::Arc;
 
 use futures_util::{SinkExt, StreamExt};
@@ -91,11 +93,7 @@ async fn an_untrusted_certificate_fails_the_attempt() {
     let (client, _incoming) = Client::builder(url).build().unwrap();
     let mut events = client.events();
 
-    let error = loop {
-        if let Some(steadfast_ws_resilient::Event::Disconnected { error }) = events.next().await {
-            break error;
-        }
-    };
+    let error = support::next_disconnect(&mut events).await;
 
     assert!(
         matches!(error, steadfast_ws_resilient::Error::WebSocket(_)),

@@ -12,7 +12,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use steadfast_ws_resilient::{Backoff, Client, Config, Incoming, Jitter, State};
+use steadfast_ws_resilient::{
+    Backoff, Client, Config, Error, Event, Events, Incoming, Jitter, State,
+};
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
@@ -193,4 +195,16 @@ pub async fn upgrade_answer(tcp: &mut TcpStream, line_end: &str) -> Option<Vec<u
         "",
     ];
     Some(head.join(line_end).into_bytes())
+}
+
+/// The error of the next disconnect; a stream that ends first (the client closed) fails
+/// the test rather than leaving it waiting.
+pub async fn next_disconnect(events: &mut Events) -> Error {
+    loop {
+        match events.next().await {
+            Some(Event::Disconnected { error }) => return error,
+            Some(_) => {}
+            None => panic!("the client closed before it disconnected"),
+        }
+    }
 }
