@@ -38,7 +38,7 @@ use crate::schedule::Schedule;
 /// before the first call.
 #[derive(Clone, Debug, PartialEq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
-#[cfg_attr(feature = "serde", serde(default))]
+#[cfg_attr(feature = "serde", serde(default, deny_unknown_fields))]
 #[non_exhaustive]
 pub struct Backoff {
     /// The un-jittered delay before the first retry.

@@ -32,6 +32,13 @@ fn missing_fields_take_the_documented_defaults() {
 }
 
 #[test]
+fn a_misspelt_field_is_refused_rather_than_ignored() {
+    let error = serde_json::from_str::<Backoff>(r#"{ "max_atempts": 3 }"#).unwrap_err();
+
+    assert!(error.to_string().contains("max_atempts"), "{error}");
+}
+
+#[test]
 fn a_bad_policy_from_configuration_is_caught_by_validate() {
     let policy: Backoff = serde_json::from_str(r#"{ "factor": 0.5 }"#).unwrap();
 

@@ -48,7 +48,8 @@ pub struct Config {
     /// socket (default 1024).
     pub inbound_capacity: usize,
     /// Received payload bytes held for the application before the client stops reading the
-    /// socket (default 1 MiB). A message larger than this is still taken, alone, once the
+    /// socket (default 1 MiB). This counts payloads, not the read buffers they share: see
+    /// [`Incoming`](crate::Incoming) on keeping small messages. A message larger than this is still taken, alone, once the
     /// application has read everything before it.
     pub inbound_max_bytes: usize,
     /// The largest message accepted either way, in bytes (default 16 MiB; tungstenite's own

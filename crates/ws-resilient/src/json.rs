@@ -14,6 +14,9 @@ use crate::state::{Counters, Event};
 /// Received messages parsed as `T`. A message that does not parse is reported as
 /// [`Event::ParseFailed`] and counted in [`Metrics::parse_failures`](crate::Metrics), and
 /// the connection goes on.
+///
+/// Not yet: a message read after the client has closed that does not parse is only
+/// counted, as the event streams have ended by then.
 #[derive(Debug)]
 pub struct JsonIncoming<T> {
     inner: Incoming,

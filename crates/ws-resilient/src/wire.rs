@@ -109,7 +109,7 @@ impl<S> Wire<S> {
             framing: false,
             max_queued,
             usual_capacity: usual_size,
-            rbuf: BytesMut::new(),
+            rbuf: BytesMut::with_capacity(READ_SIZE),
             blocks: Blocks::default(),
             taken: false,
             delegated: 0,
