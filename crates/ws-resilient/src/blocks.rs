@@ -30,8 +30,8 @@ pub(crate) struct Blocks {
 impl Blocks {
     /// Makes room for `room` more bytes in `current`: in place when nothing taken from it is
     /// still held, else by moving its contents to a kept buffer that is free again, or to a
-    /// new one of at least `size` bytes.
-    pub(crate) fn make_room(&mut self, current: &mut BytesMut, room: usize, size: usize) {
+    /// new one.
+    pub(crate) fn make_room(&mut self, current: &mut BytesMut, room: usize) {
         if current.try_reclaim(room) {
             return;
         }
@@ -44,7 +44,7 @@ impl Blocks {
             .position(|block| block.try_reclaim(needed));
         let mut next = match free.and_then(|index| self.given_up.remove(index)) {
             Some(block) => block,
-            None => BytesMut::with_capacity(needed.max(size)),
+            None => BytesMut::with_capacity(needed),
         };
         next.extend_from_slice(current);
 
@@ -71,7 +71,7 @@ mod tests {
     /// Reads 16 bytes of `byte` into `buffer` and takes them, as the wire takes a payload;
     /// new buffers have room for one payload.
     fn filled(blocks: &mut Blocks, buffer: &mut BytesMut, byte: u8) -> bytes::Bytes {
-        blocks.make_room(buffer, 16, 16);
+        blocks.make_room(buffer, 16);
         buffer.extend_from_slice(&[byte; 16]);
         buffer.split().freeze()
     }
@@ -120,7 +120,7 @@ mod tests {
         let _held = filled(&mut blocks, &mut buffer, 1);
         buffer.extend_from_slice(b"partial");
 
-        blocks.make_room(&mut buffer, 32, 64);
+        blocks.make_room(&mut buffer, 32);
 
         assert_eq!(&buffer[..], b"partial");
         assert!(buffer.capacity() - buffer.len() >= 32);

@@ -48,9 +48,9 @@ pub struct Config {
     /// socket (default 1024).
     pub inbound_capacity: usize,
     /// Received payload bytes held for the application before the client stops reading the
-    /// socket (default 1 MiB). This counts payloads, not the read buffers they share: see
-    /// [`Incoming`](crate::Incoming) on keeping small messages. A message larger than this is still taken, alone, once the
-    /// application has read everything before it.
+    /// socket (default 1 MiB). A message larger than this is still taken, alone, once the
+    /// application has read everything before it. This counts payloads, not the read
+    /// buffers they share: see [`Incoming`](crate::Incoming) on keeping small messages.
     pub inbound_max_bytes: usize,
     /// The largest message accepted either way, in bytes (default 16 MiB; tungstenite's own
     /// default is 64 MiB).

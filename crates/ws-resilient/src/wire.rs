@@ -250,7 +250,7 @@ impl<S: AsyncRead + Unpin> Wire<S> {
     /// Cancel safe.
     pub(crate) fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         if self.rbuf.capacity() - self.rbuf.len() < READ_SIZE / 4 {
-            self.blocks.make_room(&mut self.rbuf, READ_SIZE, READ_SIZE);
+            self.blocks.make_room(&mut self.rbuf, READ_SIZE);
         }
         let read = ready!(tokio_util::io::poll_read_buf(
             Pin::new(&mut self.inner),
